@@ -1,0 +1,102 @@
+"""The CPTrans/ROMA generator: ResNet-9blocks with anti-aliased resampling (SPEC §1).
+
+Submodule names carry the index of the PyTorch ``nn.Sequential`` they mirror (``model_1`` is
+``model.1``), so the converter in :mod:`cptrans_jax.convert` is a rename plus a transpose.
+Inputs and outputs are NHWC frames in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cptrans_jax.models.layers import (
+    blur_downsample,
+    blur_upsample,
+    instance_norm,
+    reflect_pad,
+)
+
+
+def xavier_normal(gain: float) -> nn.initializers.Initializer:
+    """``torch.nn.init.xavier_normal_(w, gain)``: N(0, gain² · 2 / (fan_in + fan_out))."""
+    return nn.initializers.variance_scaling(gain**2, mode="fan_avg", distribution="normal")
+
+
+def _conv(features: int, kernel: int, name: str, init_gain: float, zero_pad: int = 0) -> nn.Conv:
+    """A k×k stride-1 convolution with bias; ``zero_pad`` pixels of zero padding."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=[(zero_pad, zero_pad)] * 2,
+        use_bias=True,
+        kernel_init=xavier_normal(init_gain),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+class ResnetBlock(nn.Module):
+    """y = x + IN(conv3(reflpad1(ReLU(IN(conv3(reflpad1(x))))))): no ReLU after the add."""
+
+    features: int
+    init_gain: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = _conv(self.features, 3, "conv_block_1", self.init_gain)(reflect_pad(x, 1))
+        h = nn.relu(instance_norm(h))
+        h = _conv(self.features, 3, "conv_block_5", self.init_gain)(reflect_pad(h, 1))
+        return x + instance_norm(h)
+
+
+class Generator(nn.Module):
+    """ResNet generator with blur down/upsampling; ``ngf=64, n_blocks=9`` is the paper's G.
+
+    Spatial sizes must be multiples of 4 (two ×2 downsamplings, then two ×2 upsamplings).
+    """
+
+    ngf: int = 64
+    n_blocks: int = 9
+    out_channels: int = 3
+    init_gain: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"Generator expects NHWC frames, got shape {x.shape}")
+        h_in, w_in = x.shape[1], x.shape[2]
+        if h_in % 4 or w_in % 4:
+            raise ValueError(
+                f"Generator needs frame height and width divisible by 4, got {h_in}×{w_in}"
+            )
+        g = self.init_gain
+        h = _conv(self.ngf, 7, "model_1", g)(reflect_pad(x, 3))
+        h = nn.relu(instance_norm(h))
+        h = _conv(self.ngf * 2, 3, "model_4", g, zero_pad=1)(h)
+        h = blur_downsample(nn.relu(instance_norm(h)))
+        h = _conv(self.ngf * 4, 3, "model_8", g, zero_pad=1)(h)
+        h = blur_downsample(nn.relu(instance_norm(h)))
+        for i in range(self.n_blocks):
+            h = ResnetBlock(self.ngf * 4, init_gain=g, name=f"model_{12 + i}")(h)
+        up = 12 + self.n_blocks  # 21 for the paper's 9 blocks
+        h = _conv(self.ngf * 2, 3, f"model_{up + 1}", g, zero_pad=1)(blur_upsample(h))
+        h = nn.relu(instance_norm(h))
+        h = _conv(self.ngf, 3, f"model_{up + 5}", g, zero_pad=1)(blur_upsample(h))
+        h = nn.relu(instance_norm(h))
+        h = _conv(self.out_channels, 7, f"model_{up + 9}", g)(reflect_pad(h, 3))
+        return jnp.tanh(h)
+
+
+def generator_conv_indices(n_blocks: int = 9) -> dict[str, int]:
+    """Flax submodule name → PyTorch ``nn.Sequential`` index for the non-residual convs."""
+    up = 12 + n_blocks
+    return {
+        "model_1": 1,
+        "model_4": 4,
+        "model_8": 8,
+        f"model_{up + 1}": up + 1,
+        f"model_{up + 5}": up + 5,
+        f"model_{up + 9}": up + 9,
+    }

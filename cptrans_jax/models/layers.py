@@ -1,0 +1,71 @@
+"""Fixed, parameter-free image operations shared by the networks (NHWC).
+
+These reproduce the PyTorch originals exactly (SPEC §1, §9): reflect/zero padding, the
+anti-aliased blur resampling of the CUT/CPTrans generator, and instance normalization without
+affine parameters. They are written as plain array functions so XLA fuses them; none of them
+holds state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
+    """Reflect-pads the two spatial axes of an NHWC array (PyTorch ``ReflectionPad2d``)."""
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Instance norm without affine parameters or running statistics.
+
+    Two-pass biased variance over H×W per sample and channel, like ``nn.InstanceNorm2d``.
+    """
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
+    return centred * jax.lax.rsqrt(var + eps)
+
+
+def _blur_down_axis(x: jax.Array, axis: int) -> jax.Array:
+    # y[i] = (x[2i-1] + 2 x[2i] + x[2i+1]) / 4 with reflection at the borders; the output length
+    # is that of a size-3, stride-2 convolution over the reflect-padded axis.
+    n = x.shape[axis]
+    if n < 2:
+        raise ValueError(f"blur-down needs at least 2 pixels along axis {axis}, got {n}")
+    n_out = (n - 1) // 2 + 1
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    xp = jnp.pad(x, pad, mode="reflect")
+
+    def take(start: int) -> jax.Array:
+        return jax.lax.slice_in_dim(xp, start, start + 2 * n_out - 1, stride=2, axis=axis)
+
+    return (take(0) + 2.0 * take(1) + take(2)) * 0.25
+
+
+def blur_downsample(x: jax.Array) -> jax.Array:
+    """Anti-aliased ×2 downsampling: reflect-pad 1, separable [1,2,1]/4 filter, stride 2."""
+    return _blur_down_axis(_blur_down_axis(x, 1), 2)
+
+
+def _blur_up_axis(x: jax.Array, axis: int) -> jax.Array:
+    # y[2i] = 0.75 x[i] + 0.25 x[i-1], y[2i+1] = 0.75 x[i] + 0.25 x[i+1], edges replicated.
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    xp = jnp.pad(x, pad, mode="edge")
+    prev = jax.lax.slice_in_dim(xp, 0, n, axis=axis)
+    nxt = jax.lax.slice_in_dim(xp, 2, n + 2, axis=axis)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    inter = jnp.stack([even, odd], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    return inter.reshape(shape)
+
+
+def blur_upsample(x: jax.Array) -> jax.Array:
+    """Anti-aliased ×2 upsampling: half-pixel bilinear with clamped edges, per spatial axis."""
+    return _blur_up_axis(_blur_up_axis(x, 1), 2)

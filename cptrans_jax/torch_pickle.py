@@ -1,0 +1,397 @@
+"""Read PyTorch ``state_dict`` checkpoints into numpy arrays without importing torch.
+
+``torch.save`` (torch >= 1.6) writes a zip archive laid out as::
+
+    <archive>/data.pkl          # pickle of the saved object; tensors are persistent ids
+    <archive>/byteorder         # "little" or "big" (absent in old files: little)
+    <archive>/data/<key>        # raw bytes of storage <key>
+    <archive>/.format_version, <archive>/version, ...
+
+The top folder name ``<archive>`` is whatever the file was called when it was saved, so it is
+discovered from the ``data.pkl`` entry rather than assumed.
+
+Unpickling an arbitrary pickle can execute arbitrary code, so ``data.pkl`` is read with a
+restricted :class:`pickle.Unpickler` whose ``find_class`` only resolves the handful of globals a
+plain tensor ``state_dict`` needs (tensor/parameter rebuild functions, typed storage classes,
+``collections.OrderedDict``) and maps each one to a local numpy implementation. Any other
+global (``os.system``, a model class, a TorchScript ``__torch__`` type, ...) raises
+:class:`ValueError` naming it; nothing from the checkpoint is ever imported or called.
+
+Supported storage dtypes: float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8,
+bool. numpy has no native bfloat16, so **bfloat16 tensors are returned as float32**; the
+conversion is exact (bfloat16 is the upper half of a float32). ``ml_dtypes`` is used for it when
+importable, otherwise the bits are shifted into place by hand. Tensors saved from a GPU load
+fine (the device tag is ignored); big-endian checkpoints are converted to native byte order.
+
+Public API: :func:`load_torch_state_dict`.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+try:  # Optional: ml_dtypes ships with jaxlib, but this module must not depend on it.
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - exercised only where ml_dtypes is absent
+    _ml_dtypes = None
+
+__all__ = ["load_torch_state_dict"]
+
+# Keys under which training scripts commonly nest the real state dict, tried in this order when
+# the top-level dict holds no tensors of its own.
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+_MAX_WRAPPER_DEPTH = 3
+
+_DATAPARALLEL_PREFIX = "module."
+
+# Legacy (pre-1.6, or `_use_new_zipfile_serialization=False`) files are a bare sequence of
+# pickles; they start with the PROTO opcode.
+_PICKLE_PROTO = b"\x80"
+_ZIP_MAGIC = b"PK"
+
+_RESAVE_HINT = "re-save it with a recent torch: `torch.save(torch.load(p), p2)`"
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    """Stand-in for ``torch.<X>Storage`` classes: only their element dtype matters here."""
+
+    name: str
+    dtype: np.dtype
+    # bfloat16 is read as raw uint16 bits and widened to float32 per tensor.
+    is_bfloat16: bool = False
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """A loaded storage record: a flat, read-only array of ``numel`` elements."""
+
+    type: _StorageType
+    data: np.ndarray
+
+
+_STORAGE_TYPES: dict[str, _StorageType] = {
+    t.name: t
+    for t in (
+        _StorageType("FloatStorage", np.dtype(np.float32)),
+        _StorageType("DoubleStorage", np.dtype(np.float64)),
+        _StorageType("HalfStorage", np.dtype(np.float16)),
+        _StorageType("BFloat16Storage", np.dtype(np.uint16), is_bfloat16=True),
+        _StorageType("LongStorage", np.dtype(np.int64)),
+        _StorageType("IntStorage", np.dtype(np.int32)),
+        _StorageType("ShortStorage", np.dtype(np.int16)),
+        _StorageType("CharStorage", np.dtype(np.int8)),
+        _StorageType("ByteStorage", np.dtype(np.uint8)),
+        _StorageType("BoolStorage", np.dtype(np.bool_)),
+    )
+}
+
+
+def _bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Widen raw bfloat16 bit patterns (uint16) to float32 exactly."""
+    if _ml_dtypes is not None:
+        return bits.view(_ml_dtypes.bfloat16).astype(np.float32)
+    # bfloat16 is the top 16 bits of a float32, so shifting them up reproduces the value
+    # bit-for-bit (NaN payloads and signed zeros included).
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _rebuild_tensor_v2(
+    storage: _Storage,
+    storage_offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> np.ndarray:
+    """numpy counterpart of ``torch._utils._rebuild_tensor_v2``; autograd fields are dropped."""
+    del requires_grad, backward_hooks, metadata  # meaningless without torch
+    if not isinstance(storage, _Storage):
+        raise ValueError(f"tensor rebuild got {type(storage).__name__}, expected a storage")
+    size = tuple(int(n) for n in size)
+    stride = tuple(int(s) for s in stride)
+    storage_offset = int(storage_offset)
+    flat = storage.data
+    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise ValueError(f"invalid tensor geometry: size={size}, stride={stride}")
+    if storage_offset < 0:
+        raise ValueError(f"invalid tensor storage offset {storage_offset}")
+
+    if 0 in size:
+        out = np.empty(size, dtype=flat.dtype)
+    else:
+        # as_strided does no bounds checking, so a corrupt or hostile checkpoint could
+        # otherwise make it read arbitrary process memory. Check the furthest element first.
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= flat.size:
+            raise ValueError(
+                f"tensor of size {size}, stride {stride}, offset {storage_offset} "
+                f"reaches past its storage of {flat.size} elements"
+            )
+        view = np.lib.stride_tricks.as_strided(
+            flat[storage_offset:],
+            shape=size,
+            strides=tuple(s * flat.itemsize for s in stride),
+            writeable=False,
+        )
+        # Copy so the result is contiguous, writable and does not pin the whole storage
+        # (a slice of a large tensor would otherwise keep all of it alive).
+        out = view.copy(order="C")
+
+    if not out.dtype.isnative:  # big-endian checkpoint on a little-endian host, or vice versa
+        out = out.astype(out.dtype.newbyteorder("="))
+    if storage.type.is_bfloat16:
+        out = _bfloat16_bits_to_float32(out)
+    return out
+
+
+def _rebuild_parameter(
+    data: np.ndarray, requires_grad: bool = False, backward_hooks: Any = None
+) -> np.ndarray:
+    """``torch._utils._rebuild_parameter``: a Parameter is just its data here."""
+    del requires_grad, backward_hooks
+    return data
+
+
+def _rebuild_parameter_with_state(
+    data: np.ndarray, requires_grad: bool, backward_hooks: Any, state: Any
+) -> np.ndarray:
+    """``torch._utils._rebuild_parameter_with_state``: Python attributes on it are dropped."""
+    del requires_grad, backward_hooks, state
+    return data
+
+
+def _get_layout(name: str) -> str:
+    """``torch.serialization._get_layout``: layouts are only ever echoed back, keep the name."""
+    return str(name)
+
+
+# The complete set of globals a checkpoint may reference. Everything here is a local, side-effect
+# free stand-in; nothing is imported from the names the pickle supplies.
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch.serialization", "_get_layout"): _get_layout,
+    ("torch", "strided"): "torch.strided",
+    **{("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for ``data.pkl`` that resolves only :data:`_SAFE_GLOBALS`.
+
+    Storages are persistent ids ``("storage", storage_type, key, location, numel)``; their bytes
+    are read from ``<prefix>data/<key>`` in the archive, once per key, since views and tied
+    weights share one storage.
+    """
+
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        archive: zipfile.ZipFile,
+        prefix: str,
+        byteorder: str,
+        path: str,
+    ) -> None:
+        super().__init__(file)
+        self._archive = archive
+        self._prefix = prefix
+        self._byteorder = byteorder
+        self._path = path
+        self._storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            pass
+        hint = ""
+        if module.startswith("__torch__"):
+            hint = (
+                " (this looks like a TorchScript archive from torch.jit.save; "
+                "save model.state_dict() with torch.save instead)"
+            )
+        raise ValueError(
+            f"{self._path}: refusing to load global '{module}.{name}' from the checkpoint; "
+            f"only plain tensor state dicts are supported{hint}"
+        )
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise ValueError(f"{self._path}: unsupported persistent id {pid!r:.200}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise ValueError(f"{self._path}: storage {key!r} has unsupported type {storage_type!r}")
+        key = str(key)
+        if key in self._storages:
+            return self._storages[key]
+
+        record = f"{self._prefix}data/{key}"
+        try:
+            raw = self._archive.read(record)
+        except KeyError:
+            raise ValueError(f"{self._path}: storage record '{record}' is missing") from None
+        dtype = storage_type.dtype.newbyteorder("<" if self._byteorder == "little" else ">")
+        numel = int(numel)
+        nbytes = numel * dtype.itemsize
+        if numel < 0 or len(raw) < nbytes:
+            raise ValueError(
+                f"{self._path}: storage record '{record}' holds {len(raw)} bytes, "
+                f"expected {nbytes} ({numel} x {storage_type.name})"
+            )
+        data = np.frombuffer(raw, dtype=dtype, count=numel)
+        storage = _Storage(storage_type, data)
+        self._storages[key] = storage
+        return storage
+
+
+def _find_prefix(archive: zipfile.ZipFile, path: str) -> str:
+    """Return ``"<archive>/"``, the top folder holding ``data.pkl``."""
+    for name in archive.namelist():
+        folder, sep, leaf = name.rpartition("/")
+        if leaf == "data.pkl" and sep and "/" not in folder:
+            return folder + "/"
+    raise ValueError(
+        f"{path}: zip file has no '<archive>/data.pkl' entry; expected a PyTorch zip "
+        "checkpoint written by torch.save"
+    )
+
+
+def _not_a_zip_error(path: str, head: bytes) -> ValueError:
+    if head.startswith(_ZIP_MAGIC):
+        return ValueError(f"{path}: corrupt or truncated zip file (PyTorch zip checkpoint)")
+    if head.startswith(_PICKLE_PROTO):
+        return ValueError(
+            f"{path}: expected a PyTorch zip checkpoint (torch.save, torch >= 1.6) but this is "
+            f"the legacy pre-1.6 pickle format; {_RESAVE_HINT}"
+        )
+    return ValueError(
+        f"{path}: not a zip file; expected a PyTorch zip checkpoint (torch.save, torch >= 1.6)"
+    )
+
+
+def _load_pickled_object(file: IO[bytes], path: str) -> Any:
+    head = file.read(4)
+    file.seek(0)
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        # zipfile raises a zoo of exception types for damaged central directories.
+        raise _not_a_zip_error(path, head) from exc
+
+    # Everything below can trip over a damaged archive (bad CRC, truncated member, garbage
+    # pickle); surface that as one ValueError naming the file. Our own ValueErrors pass through.
+    corrupt = (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        struct.error,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    )
+    with archive:
+        try:
+            prefix = _find_prefix(archive, path)
+            byteorder = "little"  # torch's default for files without a byteorder record
+            if f"{prefix}byteorder" in archive.namelist():
+                byteorder = archive.read(f"{prefix}byteorder").decode("ascii", "replace")
+                if byteorder not in ("little", "big"):
+                    raise ValueError(f"{path}: unknown byteorder record {byteorder!r}")
+            with archive.open(f"{prefix}data.pkl") as pkl:
+                unpickler = _RestrictedUnpickler(
+                    pkl, archive=archive, prefix=prefix, byteorder=byteorder, path=path
+                )
+                return unpickler.load()
+        except ValueError:
+            raise
+        except corrupt as exc:
+            raise ValueError(f"{path}: corrupt PyTorch zip checkpoint ({exc!r:.200})") from exc
+
+
+def _tensor_items(obj: Mapping[Any, Any]) -> dict[str, np.ndarray]:
+    # Non-tensor entries (ints, strings, nested dicts, ...) are not parameters: skip them.
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
+
+
+def _extract_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"{path}: checkpoint holds a {type(obj).__name__}, expected a dict of tensors"
+        )
+    # Unwrap {"state_dict": {...}}-style checkpoints, but only when the outer dict has no
+    # tensors of its own: otherwise it *is* the state dict and e.g. a parameter named "model"
+    # must not be mistaken for a wrapper. The depth bound stops a self-referencing pickle
+    # ({"state_dict": <itself>}) from looping forever.
+    for _ in range(_MAX_WRAPPER_DEPTH + 1):
+        if _tensor_items(obj):
+            break
+        inner = next(
+            (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+        )
+        if inner is None or inner is obj:
+            if obj:
+                keys = ", ".join(repr(k) for k in list(obj)[:10])
+                raise ValueError(
+                    f"{path}: no tensors found at the top level or under any of "
+                    f"{list(_WRAPPER_KEYS)}; top-level keys: {keys}"
+                )
+            return {}
+        obj = inner
+    else:
+        raise ValueError(f"{path}: state dict nested deeper than {_MAX_WRAPPER_DEPTH} wrappers")
+
+    tensors = _tensor_items(obj)
+    # nn.DataParallel / DistributedDataParallel prefix every key with "module."; drop it only
+    # when all keys carry it so an unrelated submodule that happens to be named "module" stays.
+    if all(k.startswith(_DATAPARALLEL_PREFIX) for k in tensors):
+        tensors = {k[len(_DATAPARALLEL_PREFIX) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load a ``torch.save`` state dict as ``{name: numpy array}`` without importing torch.
+
+    Args:
+        path: A checkpoint written by ``torch.save`` (zip format, torch >= 1.6). Its top-level
+            object must be a dict of tensors, or a dict wrapping one under ``state_dict``,
+            ``model_state_dict``, ``model`` or ``net``.
+
+    Returns:
+        A new dict mapping parameter/buffer names to C-contiguous, writable numpy arrays with
+        the tensors' shapes and dtypes (bfloat16 is widened to float32). Non-tensor entries are
+        dropped, and a ``module.`` prefix shared by all keys is stripped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a PyTorch zip checkpoint (legacy format, garbage, truncated
+            or corrupt zip), references a global outside the allow-list, or holds no dict of
+            tensors.
+    """
+    path_str = os.fspath(path)
+    try:
+        file = open(path_str, "rb")  # noqa: SIM115 - closed by the `with` just below
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "PyTorch checkpoint not found", path_str) from None
+    with file:
+        obj = _load_pickled_object(file, path_str)
+    return _extract_state_dict(obj, path_str)

@@ -1,0 +1,353 @@
+"""Tests for cptrans_jax.torch_pickle: torch-free loading of torch.save state dicts.
+
+Every checkpoint is written by real ``torch.save`` and the loaded arrays are compared bit-for-bit
+with ``tensor.numpy()``; malformed inputs are built by hand and must raise clear errors.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cptrans_jax.torch_pickle import load_torch_state_dict
+
+
+def _expected(tensor: torch.Tensor) -> np.ndarray:
+    """What the loader should return for ``tensor``: bfloat16 is widened to float32."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.contiguous().numpy()
+
+
+def _assert_same(loaded: dict[str, np.ndarray], reference: dict[str, torch.Tensor]) -> None:
+    assert set(loaded) == set(reference)
+    for name, tensor in reference.items():
+        want = _expected(tensor)
+        got = loaded[name]
+        assert isinstance(got, np.ndarray), name
+        assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert got.flags.c_contiguous and got.flags.writeable, name
+        # Bit-for-bit, so NaNs, -0.0 and rounding all count.
+        assert got.tobytes() == want.tobytes(), name
+
+
+def _save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, kernel_size=3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 5),
+    )
+
+
+def _dtype_zoo() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 5, generator=g)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40, 65504.0])
+    return {
+        "f32": base,
+        "f64": base.double() * 1e-3,
+        "f16": base.half(),
+        "bf16": (base * 7).bfloat16(),
+        "f32_special": special,
+        "bf16_special": special.bfloat16(),
+        "f16_special": special.half(),
+        "i64": torch.tensor([[-(2**62), -1, 0], [1, 2**40, 2**62]], dtype=torch.int64),
+        "i32": torch.tensor([-(2**31), 0, 2**31 - 1], dtype=torch.int32),
+        "i16": torch.tensor([-7, 8], dtype=torch.int16),
+        "i8": torch.tensor([-128, 127], dtype=torch.int8),
+        "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "bool": torch.tensor([[True, False], [False, True]]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+def test_model_state_dict(tmp_path: Path) -> None:
+    sd = _model().state_dict()
+    assert any(t.dtype == torch.int64 for t in sd.values())  # BatchNorm's num_batches_tracked
+    loaded = load_torch_state_dict(_save(sd, tmp_path / "model.pth"))
+    _assert_same(loaded, sd)
+    assert list(loaded) == list(sd)  # order preserved
+
+
+def test_all_dtypes(tmp_path: Path) -> None:
+    zoo = _dtype_zoo()
+    _assert_same(load_torch_state_dict(_save(zoo, tmp_path / "zoo.pt")), zoo)
+
+
+def test_str_path_and_bf16_values(tmp_path: Path) -> None:
+    t = torch.tensor([1.0, -2.5, 3.140625, 1e30]).bfloat16()
+    loaded = load_torch_state_dict(str(_save({"t": t}, tmp_path / "bf.pt")))
+    assert loaded["t"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["t"], t.float().numpy())
+
+
+def test_non_contiguous_views_and_shared_storage(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 8, generator=g)
+    cube = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(2, 3, 4)
+    bf = torch.randn(4, 6, generator=g).bfloat16()
+    views = {
+        "base": base,
+        "transposed": base.t(),
+        "row_slice": base[2:5],  # storage offset 16
+        "col_slice": base[:, 3:7],  # offset + row stride 8
+        "strided": base[1::2, ::3],
+        "permuted": cube.permute(2, 0, 1),
+        "expanded": torch.arange(4, dtype=torch.int64)[None].expand(3, 4),  # stride 0
+        "bf16_transposed": bf.t(),
+        "bf16_slice": bf[1:, 2:],
+    }
+    assert not views["transposed"].is_contiguous()
+    assert views["row_slice"].storage_offset() == 16
+    assert views["expanded"].stride() == (0, 1)
+    loaded = load_torch_state_dict(_save(views, tmp_path / "views.pt"))
+    _assert_same(loaded, views)
+    # Shared storage is read once but each result is an independent copy.
+    loaded["transposed"][0, 0] = 123.0
+    assert loaded["base"][0, 0] == base[0, 0].item()
+
+
+def test_parameters_and_keep_vars(tmp_path: Path) -> None:
+    model = _model()
+    sd = model.state_dict(keep_vars=True)  # nn.Parameter objects -> _rebuild_parameter
+    assert any(isinstance(t, torch.nn.Parameter) for t in sd.values())
+    _assert_same(load_torch_state_dict(_save(sd, tmp_path / "params.pt")), sd)
+
+
+def test_parameter_with_python_state(tmp_path: Path) -> None:
+    # A Parameter carrying Python attributes pickles via _rebuild_parameter_with_state.
+    param = torch.nn.Parameter(torch.randn(3, 2))
+    param.tag = "frozen"  # type: ignore[attr-defined]
+    path = _save({"p": param}, tmp_path / "param_state.pt")
+    with zipfile.ZipFile(path) as zf:
+        pkl = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+        assert b"_rebuild_parameter_with_state" in zf.read(pkl)
+    _assert_same(load_torch_state_dict(path), {"p": param})
+
+
+def test_bfloat16_without_ml_dtypes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cptrans_jax import torch_pickle
+
+    monkeypatch.setattr(torch_pickle, "_ml_dtypes", None)  # force the bit-shift fallback
+    zoo = {k: v for k, v in _dtype_zoo().items() if v.dtype == torch.bfloat16}
+    zoo["bf16_view"] = zoo["bf16"].t()[1:]
+    _assert_same(load_torch_state_dict(_save(zoo, tmp_path / "bf16.pt")), zoo)
+
+
+def test_big_endian_checkpoint(tmp_path: Path) -> None:
+    # torch writes a "byteorder" record; rebuild a little-endian file as a big-endian one.
+    sd = {"a": torch.randn(3, 4), "b": torch.tensor([-(2**40), 5], dtype=torch.int64)}
+    src = _save(sd, tmp_path / "le.pt")
+    dst = tmp_path / "be.pt"
+    swap = {"data/0": "<f4", "data/1": "<i8"}  # storage keys follow first-use order
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            payload = zin.read(info)
+            leaf = info.filename.split("/", 1)[1]
+            if leaf == "byteorder":
+                payload = b"big"
+            elif leaf in swap:
+                payload = np.frombuffer(payload, dtype=swap[leaf]).byteswap().tobytes()
+            zout.writestr(info.filename, payload)
+    loaded = load_torch_state_dict(dst)
+    _assert_same(loaded, sd)
+    assert all(a.dtype.isnative for a in loaded.values())
+
+
+def test_ordered_dict_metadata_and_non_tensor_values_ignored(tmp_path: Path) -> None:
+    sd = _model().state_dict()
+    assert isinstance(sd, collections.OrderedDict) and hasattr(sd, "_metadata")
+    sd["some_int"] = 7  # type: ignore[assignment]
+    sd["some_str"] = "hello"  # type: ignore[assignment]
+    sd["nested"] = {"x": 1}  # type: ignore[assignment]
+    loaded = load_torch_state_dict(_save(sd, tmp_path / "meta.pt"))
+    _assert_same(loaded, {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "net", "model_state_dict"])
+def test_wrapped_state_dict(tmp_path: Path, key: str) -> None:
+    sd = _model().state_dict()
+    ckpt = {"epoch": 12, "optimizer_lr": 1e-4, "name": "run", key: sd}
+    _assert_same(load_torch_state_dict(_save(ckpt, tmp_path / "wrapped.pt")), sd)
+
+
+def test_tensor_named_like_wrapper_key_is_not_unwrapped(tmp_path: Path) -> None:
+    sd = {"model": torch.ones(2), "net": torch.zeros(3)}
+    _assert_same(load_torch_state_dict(_save(sd, tmp_path / "names.pt")), sd)
+
+
+def test_dataparallel_prefix_stripped(tmp_path: Path) -> None:
+    sd = _model().state_dict()
+    prefixed = collections.OrderedDict((f"module.{k}", v) for k, v in sd.items())
+    _assert_same(load_torch_state_dict(_save(prefixed, tmp_path / "dp.pt")), sd)
+    # Wrapped and prefixed together, as DDP training scripts tend to write them.
+    loaded = load_torch_state_dict(_save({"state_dict": prefixed}, tmp_path / "dp_wrapped.pt"))
+    _assert_same(loaded, sd)
+
+
+def test_partial_module_prefix_kept(tmp_path: Path) -> None:
+    sd = {"module.weight": torch.ones(2), "head.bias": torch.zeros(2)}
+    assert set(load_torch_state_dict(_save(sd, tmp_path / "partial.pt"))) == set(sd)
+
+
+def test_empty_state_dict(tmp_path: Path) -> None:
+    assert load_torch_state_dict(_save({}, tmp_path / "empty.pt")) == {}
+
+
+def test_archive_folder_name_is_discovered(tmp_path: Path) -> None:
+    # torch names the top folder after the file it saved to; renaming must not matter.
+    sd = {"w": torch.arange(6.0).reshape(2, 3)}
+    src = _save(sd, tmp_path / "original_name.pth")
+    renamed = src.rename(tmp_path / "latest_net_G.pth")
+    with zipfile.ZipFile(renamed) as zf:
+        assert any(n.startswith("original_name/") for n in zf.namelist())
+    _assert_same(load_torch_state_dict(renamed), sd)
+
+
+def test_saved_to_buffer(tmp_path: Path) -> None:
+    # torch.save to a file object uses the folder name "archive".
+    sd = {"w": torch.randn(4, 2)}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    path = tmp_path / "buffer.pt"
+    path.write_bytes(buf.getvalue())
+    _assert_same(load_torch_state_dict(path), sd)
+
+
+def _torch_like_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/byteorder", "little")
+        for name, payload in (records or {}).items():
+            zf.writestr(f"archive/{name}", payload)
+    return path
+
+
+def test_forbidden_global_is_refused(tmp_path: Path) -> None:
+    # Hand-assembled protocol-2 pickle of `os.system("echo pwned")`; never executed here.
+    payload = b"\x80\x02cos\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03."
+    path = _torch_like_zip(tmp_path / "evil.pt", payload)
+    with pytest.raises(ValueError, match=r"os\.system"):
+        load_torch_state_dict(path)
+
+
+def test_forbidden_global_inside_tensor_dict_is_refused(tmp_path: Path) -> None:
+    # A legitimate-looking checkpoint whose pickle also asks for builtins.eval.
+    payload = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01cbuiltins\neval\nq\x02s."
+    path = _torch_like_zip(tmp_path / "evil2.pt", payload)
+    with pytest.raises(ValueError, match=r"builtins\.eval"):
+        load_torch_state_dict(path)
+
+
+def test_out_of_bounds_tensor_is_refused(tmp_path: Path) -> None:
+    # A tensor claiming 100 elements over a 4-element storage must not read past it.
+    pickle_bytes = (
+        b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02"
+        b"((X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05"
+        b"X\x03\x00\x00\x00cpuq\x06K\x04tq\x07QK\x00Kd\x85q\x08K\x01\x85q\x09\x89"
+        b"ccollections\nOrderedDict\nq\x0a)Rq\x0btq\x0cRq\x0ds."
+    )
+    records = {"data/0": np.arange(4, dtype="<f4").tobytes()}
+    path = _torch_like_zip(tmp_path / "oob.pt", pickle_bytes, records)
+    with pytest.raises(ValueError, match="past its storage"):
+        load_torch_state_dict(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "does_not_exist.pth"
+    with pytest.raises(FileNotFoundError, match="does_not_exist.pth"):
+        load_torch_state_dict(missing)
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(ValueError, match="zip checkpoint") as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+def test_legacy_format_suggests_resave(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="legacy") as info:
+        load_torch_state_dict(path)
+    message = str(info.value)
+    assert str(path) in message and "torch.save(torch.load(p), p2)" in message
+
+
+def test_plain_pickle_is_not_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"w": [1, 2, 3]}, protocol=2))
+    with pytest.raises(ValueError, match="zip checkpoint") as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.9])
+def test_truncated_zip(tmp_path: Path, fraction: float) -> None:
+    src = _save(_model().state_dict(), tmp_path / "full.pt")
+    data = src.read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+def test_corrupt_storage_bytes(tmp_path: Path) -> None:
+    # Valid zip structure, but a member's bytes were flipped: the CRC check must catch it.
+    sd = {"w": torch.arange(64, dtype=torch.float32)}
+    src = _save(sd, tmp_path / "ok.pt")
+    data = bytearray(src.read_bytes())
+    marker = np.arange(64, dtype="<f4").tobytes()
+    start = bytes(data).index(marker)
+    data[start + 20] ^= 0xFF
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt") as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+def test_zip_without_data_pkl(tmp_path: Path) -> None:
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    with pytest.raises(ValueError, match="data.pkl") as info:
+        load_torch_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+def test_non_dict_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected a dict"):
+        load_torch_state_dict(_save([torch.ones(1)], tmp_path / "list.pt"))
+
+
+def test_dict_without_tensors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no tensors found"):
+        load_torch_state_dict(_save({"epoch": 3, "gen": {"w": 1}}, tmp_path / "none.pt"))
+
+
+def test_self_referencing_wrapper_terminates(tmp_path: Path) -> None:
+    ckpt: dict[str, object] = {"epoch": 1}
+    ckpt["state_dict"] = ckpt
+    with pytest.raises(ValueError, match="no tensors found|nested deeper"):
+        load_torch_state_dict(_save(ckpt, tmp_path / "cycle.pt"))
