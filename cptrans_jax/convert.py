@@ -364,7 +364,9 @@ def vit_params_from_timm(
             which = module.split("/")[1]
             if which == "out":
                 if leaf == "kernel":
-                    return _Rule(f"{prefix}.attn.proj.weight", (c, c), lambda a: a.T.reshape(h, d, c))
+                    return _Rule(
+                        f"{prefix}.attn.proj.weight", (c, c), lambda a: a.T.reshape(h, d, c)
+                    )
                 return _Rule(f"{prefix}.attn.proj.bias", (c,), _identity)
             i = qkv_index[which]
             if leaf == "kernel":

@@ -51,7 +51,6 @@ def test_forward_parity_256(paper_generator):
 
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
-    probe = rng.normal(size=(1, 256, 256, 3)).astype(np.float32)
     with torch.no_grad():
         y_ref = net(torch.tensor(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     # ordinary-scale weights: the output is O(1), neither saturated nor ~0

@@ -27,8 +27,9 @@ class Downsample(nn.Module):
         self.register_buffer("filt", _binomial([1, 2, 1])[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x):
-        return F.conv2d(F.pad(x, [1, 1, 1, 1], mode="reflect"), self.filt, stride=2,
-                        groups=x.shape[1])
+        return F.conv2d(
+            F.pad(x, [1, 1, 1, 1], mode="reflect"), self.filt, stride=2, groups=x.shape[1]
+        )
 
 
 class Upsample(nn.Module):
@@ -42,8 +43,13 @@ class Upsample(nn.Module):
         )
 
     def forward(self, x):
-        y = F.conv_transpose2d(F.pad(x, [1, 1, 1, 1], mode="replicate"), self.filt, stride=2,
-                               padding=2, groups=x.shape[1])
+        y = F.conv_transpose2d(
+            F.pad(x, [1, 1, 1, 1], mode="replicate"),
+            self.filt,
+            stride=2,
+            padding=2,
+            groups=x.shape[1],
+        )
         return y[:, :, 1:, 1:][:, :, :-1, :-1]
 
 
@@ -51,8 +57,13 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3),
+            nn.InstanceNorm2d(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3),
+            nn.InstanceNorm2d(dim),
         )
 
     def forward(self, x):
@@ -63,19 +74,32 @@ class TorchGenerator(nn.Module):
     def __init__(self, ngf: int = 64, n_blocks: int = 9):
         super().__init__()
         layers = [
-            nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True),
-            nn.Conv2d(ngf, 2 * ngf, 3, padding=1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
+            nn.Conv2d(ngf, 2 * ngf, 3, padding=1),
+            nn.InstanceNorm2d(2 * ngf),
+            nn.ReLU(True),
             Downsample(2 * ngf),
-            nn.Conv2d(2 * ngf, 4 * ngf, 3, padding=1), nn.InstanceNorm2d(4 * ngf), nn.ReLU(True),
+            nn.Conv2d(2 * ngf, 4 * ngf, 3, padding=1),
+            nn.InstanceNorm2d(4 * ngf),
+            nn.ReLU(True),
             Downsample(4 * ngf),
         ]
         layers += [ResnetBlock(4 * ngf) for _ in range(n_blocks)]
         layers += [
-            Upsample(4 * ngf), nn.Conv2d(4 * ngf, 2 * ngf, 3, padding=1),
-            nn.InstanceNorm2d(2 * ngf), nn.ReLU(True),
-            Upsample(2 * ngf), nn.Conv2d(2 * ngf, ngf, 3, padding=1),
-            nn.InstanceNorm2d(ngf), nn.ReLU(True),
-            nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh(),
+            Upsample(4 * ngf),
+            nn.Conv2d(4 * ngf, 2 * ngf, 3, padding=1),
+            nn.InstanceNorm2d(2 * ngf),
+            nn.ReLU(True),
+            Upsample(2 * ngf),
+            nn.Conv2d(2 * ngf, ngf, 3, padding=1),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, 3, 7),
+            nn.Tanh(),
         ]
         self.model = nn.Sequential(*layers)
 
@@ -147,8 +171,9 @@ class TorchViT(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def resize(self, x):
-        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=False)
+        return F.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
 
     def forward(self, x, layers=(1, 3, 5)):
         x = self.patch_embed(self.resize(x))
