@@ -1,0 +1,1 @@
+"""Loss terms of CPTrans and ROMA (SPEC §4)."""

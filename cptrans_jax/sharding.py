@@ -1,0 +1,60 @@
+"""The device mesh and the shardings of the training iteration.
+
+Data parallel: the batch is split over a ``data`` mesh axis that spans every device of every
+process; parameters, optimizer states, the frozen ViT and the RNG key are replicated. XLA inserts
+the gradient all-reduces. The iteration is jitted once with these explicit shardings and the
+train state donated, so its buffers are updated in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+
+DATA_AXIS = "data"
+
+
+def data_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (default: all, all hosts)."""
+    available = jax.device_count()
+    n = available if num_devices is None else num_devices
+    if not 1 <= n <= available:
+        raise ValueError(f"mesh needs 1..{available} devices, asked for {num_devices}")
+    # Auto axes: XLA propagates the batch sharding through the step (reshapes of the batch
+    # axis, einsums over it) instead of asking for an explicit sharding at every op.
+    return jax.make_mesh(
+        (n,), (DATA_AXIS,), devices=jax.devices()[:n], axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, jax.P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``data``; every other axis whole."""
+    return NamedSharding(mesh, jax.P(DATA_AXIS))
+
+
+def check_global_batch(global_batch: int, mesh: Mesh) -> None:
+    """A global batch must split evenly over the data axis; say so before anything compiles."""
+    n = mesh.shape[DATA_AXIS]
+    if global_batch < 1 or global_batch % n:
+        raise ValueError(
+            f"global batch size {global_batch} does not divide over the {n} devices of the "
+            f"'{DATA_AXIS}' mesh axis; use a multiple of {n}"
+        )
+
+
+def jit_iteration(iteration: Callable, mesh: Mesh) -> Callable[..., tuple[Any, dict]]:
+    """``jax.jit`` of ``iteration(state, batch, vit_params, rng)`` with explicit shardings."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(
+        iteration,
+        in_shardings=(rep, data, rep, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
