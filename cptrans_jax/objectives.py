@@ -119,6 +119,17 @@ class Networks:
         return self.discriminator.apply({"params": d_params}, tokens)
 
 
+def ctn_noise_for(rng: jax.Array, frames: jax.Array) -> jax.Array:
+    """CTN's noise z for a batch of frames, from the iteration's key (its own stream)."""
+    b, h, w, _ = frames.shape
+    return temporal.ctn_noise(jax.random.fold_in(rng, 0), b, h, w)
+
+
+def roma_centers_for(rng: jax.Array, num_patches: int, k: int) -> jax.Array:
+    """ROMA's K distinct local-window centre ids for this iteration (its own stream)."""
+    return jax.random.choice(jax.random.fold_in(rng, 1), num_patches, (k,), replace=False)
+
+
 def _d_input(cfg: ObjectiveConfig, tokens: jax.Array) -> jax.Array:
     """What D sees: raw tokens (CPTrans) or tokens + multiscale windows (ROMA)."""
     if cfg.method == "roma":
@@ -212,13 +223,13 @@ def generator_loss(
         terms["loss/g_cs"] = cs
         if cfg.use_ctn:
             grid = nets.vit.config.grid
-            b, h, w, _ = fake.shape
+            b = fake.shape[0]
             weight_map = (
                 jnp.ones((b, grid, grid), fake.dtype)
                 if w_fake is None
                 else w_fake.reshape(b, grid, grid)
             )
-            noise = jax.random.normal(jax.random.fold_in(rng, 0), (b, h, w, 2), fake.dtype)
+            noise = ctn_noise_for(rng, fake)
             flow = temporal.ctn_flow(weight_map, noise, cfg.ctn_gamma, cfg.ctn_sigma)
             fake_of_warped = nets.translate(g_params, temporal.warp(src_frames, flow))
             ctn = temporal.ctn_loss(temporal.warp(fake, flow), fake_of_warped)
@@ -227,12 +238,7 @@ def generator_loss(
             terms["ctn/flow_rms_px"] = temporal.flow_rms(flow)
     else:
         glob = similarity.global_cs_loss(src_layers, fake_layers)
-        centers = jax.random.choice(
-            jax.random.fold_in(rng, 1),
-            nets.vit.config.num_patches,
-            (cfg.roma_local_centers,),
-            replace=False,
-        )
+        centers = roma_centers_for(rng, nets.vit.config.num_patches, cfg.roma_local_centers)
         # The K centres are shared by the four images of a sample (A0, A1, G(A0), G(A1)).
         local = similarity.local_cs_loss(
             nets.local_tokens(vit_params, src_frames, centers, cfg.vit_layers),

@@ -49,6 +49,15 @@ def check_global_batch(global_batch: int, mesh: Mesh) -> None:
         )
 
 
+def place_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Puts a pytree (train state, ViT params, key) on every device of ``mesh``.
+
+    Arguments must already carry the jitted step's shardings: a fresh, uncommitted state would
+    otherwise make the second call compile the step again for the committed output state.
+    """
+    return jax.device_put(tree, replicated(mesh))
+
+
 def jit_iteration(iteration: Callable, mesh: Mesh) -> Callable[..., tuple[Any, dict]]:
     """``jax.jit`` of ``iteration(state, batch, vit_params, rng)`` with explicit shardings."""
     rep, data = replicated(mesh), batch_sharding(mesh)

@@ -47,6 +47,11 @@ class TrainState:
     d_opt_state: optax.OptState
 
 
+def iteration_key(base_rng: jax.Array, step: jax.Array | int) -> jax.Array:
+    """The key of iteration ``step``: a function of the base key and the step only."""
+    return jax.random.fold_in(base_rng, step)
+
+
 def adam(learning_rate: float | Schedule) -> optax.GradientTransformation:
     """The papers' Adam: β = (0.5, 0.999), eps 1e-8, no weight decay."""
     return optax.adam(learning_rate, b1=0.5, b2=0.999, eps=1e-8)
@@ -94,11 +99,21 @@ def make_iteration(
             f"{nets.vit.config.width} (D reads ViT tokens)"
         )
     layers = tuple(cfg.vit_layers)
+    if max(layers) >= nets.vit.config.depth:
+        raise ValueError(
+            f"objective.vit_layers {layers} need ViT blocks up to {max(layers)}, but the ViT "
+            f"has depth {nets.vit.config.depth}"
+        )
+    if cfg.method == "roma" and cfg.roma_local_centers > nets.vit.config.num_patches:
+        raise ValueError(
+            f"objective.roma_local_centers = {cfg.roma_local_centers} exceeds the "
+            f"{nets.vit.config.num_patches} ViT patches to draw distinct centres from"
+        )
 
     def iteration(
         state: TrainState, batch: dict, vit_params: Params, base_rng: jax.Array
     ) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(base_rng, state.step)
+        rng = iteration_key(base_rng, state.step)
         src, tgt = source_and_target_frames(cfg, batch)
         batch_size = batch["A"].shape[0]
 
