@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 DATA_AXIS = "data"
@@ -52,10 +53,24 @@ def check_global_batch(global_batch: int, mesh: Mesh) -> None:
 def place_replicated(tree: Any, mesh: Mesh) -> Any:
     """Puts a pytree (train state, ViT params, key) on every device of ``mesh``.
 
-    Arguments must already carry the jitted step's shardings: a fresh, uncommitted state would
-    otherwise make the second call compile the step again for the committed output state.
+    Every process must pass the same values. Works across processes (``jax.device_put`` cannot
+    target another host's devices): each process fills its own devices' copies. Arguments must
+    carry the jitted step's shardings up front: a fresh, uncommitted state would otherwise make
+    the second call compile the step again for the committed output state.
     """
-    return jax.device_put(tree, replicated(mesh))
+    sharding = replicated(mesh)
+
+    def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
 
 
 def jit_iteration(iteration: Callable, mesh: Mesh) -> Callable[..., tuple[Any, dict]]:

@@ -1,0 +1,30 @@
+"""ROMA (ACM MM 2022) on InfraredCity-Lite: two-frame clips, multiscale region D.
+
+    python -m cptrans_jax.train --config configs/roma.py:scene=city_clearday \
+        --config.data.data_dir=/data/tfds --config.model.vit_weights=/weights/B_16-...-res_384.npz \
+        --workdir runs/roma_city_clearday
+
+ROMA's training script: Adam lr 1e-5, β (0.5, 0.999), 100 epochs constant then 100 epochs of
+linear decay stepped per epoch, batch 1; L_G = adv + 5·global + 5·local (64 centres) + motion.
+"""
+
+from cptrans_jax.config import base_config, parse_arg
+
+SCENES = ("city_clearday", "city_overcast", "highway_clearday", "highway_overcast", "monitor")
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg)
+    c = base_config()
+    c.method = "roma"
+    c.data.name = "infraredcity_lite"
+    c.data.scene = args.pop("scene", "city_clearday")
+    if c.data.scene not in SCENES:
+        raise ValueError(f"configs/roma.py: scene must be one of {SCENES}")
+    if args:
+        raise ValueError(f"configs/roma.py takes scene=, got {sorted(args)}")
+    c.optim.g_lr = 1e-5
+    c.optim.d_lr = 1e-5
+    c.optim.constant_epochs = 100
+    c.optim.decay_epochs = 100
+    return c

@@ -1,0 +1,202 @@
+"""Training configuration: the ml_collections layout, its validation, and what it builds.
+
+A config file in ``configs/`` returns a ``ConfigDict`` made by :func:`base_config` and edited
+to the paper's numbers. :func:`validate` checks every field before anything is built, so a bad
+value fails at start with a message naming the field; :func:`build_objective`,
+:func:`build_networks` and :func:`build_optimizers` turn a valid config into the library's
+objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import optax
+
+from cptrans_jax.models import Discriminator, FeatureViT, Generator, ViTConfig, vit_b16_384
+from cptrans_jax.objectives import VARIANTS, Networks, ObjectiveConfig, cptrans_variant
+from cptrans_jax.steps import Schedule, adam
+
+DATASETS = ("demo", "irvi", "infraredcity_lite", "infraredcity_adverse")
+VIT_PRESETS = ("b16_384", "custom")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with the CPTrans paper's defaults (SPEC §4–5, §8)."""
+    c = ml_collections.ConfigDict()
+    c.method = "cptrans"  # "cptrans" or "roma"
+    c.variant = "full"  # CPTrans ablations: full | baseline | no_co | no_ctn
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "demo"  # one of DATASETS
+    c.data.scene = ""  # builder config of the data set (e.g. "traffic", "city_clearday")
+    c.data.data_dir = ""  # TFDS data dir holding the built data set
+    c.data.frame_size = 256  # training crop (SPEC §5: resize to load_size, random crop)
+    c.data.load_size = 286
+    c.data.global_batch_size = 1
+    c.data.seed = 0
+    c.data.epoch_size = 256  # demo only: examples per epoch
+
+    c.model = ml_collections.ConfigDict()
+    c.model.ngf = 64
+    c.model.n_blocks = 9
+    c.model.vit_preset = "b16_384"  # or "custom" (the vit.* fields below)
+    c.model.vit_weights = ""  # augreg .npz or timm .pth/.safetensors; "" = random (demo only)
+    c.model.vit = ml_collections.ConfigDict(dataclasses.asdict(ViTConfig()))
+
+    defaults = ObjectiveConfig()
+    c.objective = ml_collections.ConfigDict(
+        {
+            f.name: getattr(defaults, f.name)
+            for f in dataclasses.fields(ObjectiveConfig)
+            if f.name not in ("method", "use_co", "use_ctn")
+        }
+    )
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.g_lr = 2e-6  # CPTrans paper
+    c.optim.d_lr = 2e-6
+    c.optim.constant_epochs = 100  # lr constant for these epochs ...
+    c.optim.decay_epochs = 0  # ... then linear decay to 0 over these (ROMA: 100 + 100)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.num_devices = 0  # 0 = every device of every process
+    c.train.log_every = 50
+    c.train.sample_every = 500  # image grids to TensorBoard and <workdir>/samples/
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.max_steps = 0  # 0 = (constant_epochs + decay_epochs) × steps_per_epoch
+    return c
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"variant=no_co,scene=traffic"`` (the part after ``:`` in ``--config``) → a dict."""
+    out: dict[str, str] = {}
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r} must be key=value (e.g. variant=no_co)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config field {field}: {message}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the first bad field (type and range checks)."""
+    _check(c.method in ("cptrans", "roma"), "method", f"must be cptrans or roma, got {c.method!r}")
+    _check(c.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {c.variant!r}")
+    _check(
+        c.method == "cptrans" or c.variant == "full",
+        "variant",
+        "the ablations (baseline, no_co, no_ctn) are CPTrans's; ROMA takes variant=full",
+    )
+    _check(c.data.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {c.data.name!r}")
+    for name in ("frame_size", "load_size", "global_batch_size", "epoch_size"):
+        value = c.data[name]
+        _check(isinstance(value, int) and value > 0, f"data.{name}", f"must be > 0, got {value}")
+    _check(
+        c.data.frame_size % 4 == 0, "data.frame_size", "must be a multiple of 4 (G resamples ×4)"
+    )
+    _check(
+        c.data.load_size >= c.data.frame_size,
+        "data.load_size",
+        f"must be ≥ data.frame_size ({c.data.frame_size}), got {c.data.load_size}",
+    )
+    for name in ("ngf", "n_blocks"):
+        _check(c.model[name] > 0, f"model.{name}", f"must be > 0, got {c.model[name]}")
+    _check(
+        c.model.vit_preset in VIT_PRESETS,
+        "model.vit_preset",
+        f"must be one of {VIT_PRESETS}, got {c.model.vit_preset!r}",
+    )
+    _check(
+        c.data.name == "demo" or bool(c.model.vit_weights),
+        "model.vit_weights",
+        "is required for real data sets: the path of the ViT-B/16-384 augreg .npz or timm file",
+    )
+    for name in ("g_lr", "d_lr"):
+        _check(c.optim[name] > 0, f"optim.{name}", f"must be > 0, got {c.optim[name]}")
+    for name in ("constant_epochs", "decay_epochs"):
+        _check(c.optim[name] >= 0, f"optim.{name}", f"must be ≥ 0, got {c.optim[name]}")
+    _check(
+        c.optim.constant_epochs + c.optim.decay_epochs > 0,
+        "optim.constant_epochs",
+        "constant_epochs + decay_epochs must be > 0",
+    )
+    for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+        _check(c.train[name] > 0, f"train.{name}", f"must be > 0, got {c.train[name]}")
+    _check(c.train.num_devices >= 0, "train.num_devices", "must be ≥ 0 (0 = all devices)")
+    _check(c.train.max_steps >= 0, "train.max_steps", "must be ≥ 0 (0 = from the epochs)")
+    # The dataclasses validate their own fields; re-raise naming the config section.
+    try:
+        build_objective(c)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config field objective: {e}") from e
+    try:
+        vit_config(c)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config field model.vit: {e}") from e
+
+
+def vit_config(c: ml_collections.ConfigDict) -> ViTConfig:
+    if c.model.vit_preset == "b16_384":
+        return vit_b16_384()
+    return ViTConfig(**c.model.vit.to_dict())
+
+
+def build_objective(c: ml_collections.ConfigDict) -> ObjectiveConfig:
+    fields = c.objective.to_dict()
+    fields["vit_layers"] = tuple(fields["vit_layers"])
+    fields["roma_scales"] = tuple(fields["roma_scales"])
+    if c.method == "roma":
+        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False, **fields)
+    return cptrans_variant(c.variant, **fields)
+
+
+def build_networks(c: ml_collections.ConfigDict) -> Networks:
+    vit = vit_config(c)
+    return Networks(
+        Generator(ngf=c.model.ngf, n_blocks=c.model.n_blocks),
+        FeatureViT(vit),
+        Discriminator(width=vit.width),
+    )
+
+
+def lr_schedule(base_lr: float, steps_per_epoch: int, constant_epochs: int, decay_epochs: int):
+    """Per-epoch lr of the CycleGAN/CUT ``linear`` policy the authors use (SPEC §5).
+
+    Epoch e (0-based) trains at ``base_lr · (1 − max(0, e + 1 − constant_epochs) /
+    (decay_epochs + 1))``: constant for ``constant_epochs``, then falling linearly, stepped once
+    per epoch.
+    """
+    import jax.numpy as jnp
+
+    def schedule(step: Any) -> Any:
+        epoch = jnp.asarray(step) // steps_per_epoch
+        decayed = jnp.maximum(0, epoch + 1 - constant_epochs) / (decay_epochs + 1)
+        return base_lr * (1.0 - decayed)
+
+    return schedule
+
+
+def build_optimizers(
+    c: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation, Schedule, Schedule]:
+    """G's and D's Adam with their per-epoch schedules (returned too, for the metrics)."""
+    epochs = (c.optim.constant_epochs, c.optim.decay_epochs)
+    g_lr = lr_schedule(c.optim.g_lr, steps_per_epoch, *epochs)
+    d_lr = lr_schedule(c.optim.d_lr, steps_per_epoch, *epochs)
+    return adam(g_lr), adam(d_lr), g_lr, d_lr
+
+
+def total_steps(c: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    if c.train.max_steps:
+        return int(c.train.max_steps)
+    return (c.optim.constant_epochs + c.optim.decay_epochs) * steps_per_epoch

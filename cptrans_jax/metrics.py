@@ -1,0 +1,194 @@
+"""What the trainer reports: TensorBoard scalars and image grids, a progress line, PNGs.
+
+* ``MetricWriter`` — TensorBoard event files through ``tensorboardX`` (no TensorFlow). Only one
+  process should write: the trainer passes ``enabled=jax.process_index() == 0``; a disabled
+  writer creates no directory and no file.
+* ``ProgressLogger`` — one line every ``every`` steps with the rate since the previous line, the
+  ETA and the loss terms; the clock and the print function are injectable for tests.
+* ``to_uint8`` / ``image_grid`` / ``save_png`` — images in [-1, 1] to 8-bit by the output
+  quantisation of SPEC §5 (clamp to [-1, 1], (x+1)/2·255, truncate), which is the authors'
+  ``tensor2im``.
+* ``check_finite`` — a NaN/Inf loss stops training before anything is saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+
+class MetricWriter:
+    """TensorBoard scalars and images of one run; every method is a no-op when disabled."""
+
+    def __init__(self, logdir: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.logdir = os.fspath(logdir)
+        self.enabled = enabled
+        self._writer = None
+        if enabled:
+            # Imported here so that processes that never write (process_index != 0) do not pay
+            # for it.
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=self.logdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self._writer is None:
+            return
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, float(value), global_step=int(step))
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """``images``: tag → uint8 array (H, W, 3) (e.g. from ``image_grid``)."""
+        if self._writer is None:
+            return
+        for tag, image in images.items():
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3:
+                raise ValueError(
+                    f"image '{tag}' must be uint8 (H, W, C), got {image.dtype} {image.shape}"
+                )
+            self._writer.add_image(tag, image, global_step=int(step), dataformats="HWC")
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _format_duration(seconds: float) -> str:
+    """H:MM:SS, hours unbounded (a long run's ETA stays one token)."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _format_value(value: float) -> str:
+    # Four decimals for losses; learning rates (~1e-6) would print as 0.0000, so tiny values
+    # get exponent notation.
+    if value != 0 and math.isfinite(value) and abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+class ProgressLogger:
+    """Prints ``step 120/4000 | 1.83 it/s | ETA 0:35:12 | loss/d 0.5382 loss/g 2.7654``.
+
+    A line is printed at every multiple of ``every`` and at ``total_steps``. The rate is measured
+    over the steps since the previous line (or since construction at ``start_step``, so a
+    resumed run does not count the steps it skipped), and the ETA is the remaining steps at
+    that rate. Metrics are printed sorted by name.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        every: int,
+        start_step: int = 0,
+        print_fn: Callable[[str], object] = print,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.total_steps = total_steps
+        self.every = every
+        self._print = print_fn
+        self._clock = clock
+        self._last_step = start_step
+        self._last_time = clock()
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> bool:
+        """Prints the line of ``step`` if it is due; returns whether it printed."""
+        if step % self.every != 0 and step != self.total_steps:
+            return False
+        now = self._clock()
+        steps, elapsed = step - self._last_step, now - self._last_time
+        if steps > 0 and elapsed > 0:
+            rate = steps / elapsed
+            speed = f"{rate:.2f} it/s"
+            eta = _format_duration(max(self.total_steps - step, 0) / rate)
+        else:  # no time or no steps since the last line: no rate to report
+            speed, eta = "-- it/s", "--"
+        terms = " ".join(f"{k} {_format_value(float(metrics[k]))}" for k in sorted(metrics))
+        line = f"step {step}/{self.total_steps} | {speed} | ETA {eta}"
+        if terms:
+            line += f" | {terms}"
+        self._print(line)
+        self._last_step, self._last_time = step, now
+        return True
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] → uint8: clamp, (x+1)/2·255, truncate (SPEC §5).
+
+    Computed in float32 like the authors' ``tensor2im`` (so 0 → 127, 0.999 → 254); NaN maps to
+    0 rather than to whatever an undefined float→uint8 cast gives.
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=-1.0)
+    x = np.clip(x, -1.0, 1.0)
+    return ((x + 1.0) / 2.0 * 255.0).astype(np.uint8)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Images (H, W, 3) in [-1, 1] → one uint8 grid: each row left to right, rows top to bottom.
+
+    The trainer passes one row per sample: infrared | translation | visible. Images of one row
+    must share their height, and rows their total width.
+    """
+    if not rows or any(len(row) == 0 for row in rows):
+        raise ValueError("image_grid needs at least one image in every row")
+    strips = []
+    for r, row in enumerate(rows):
+        images = [to_uint8(image) for image in row]
+        for c, image in enumerate(images):
+            if image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"image [{r}][{c}] must be (H, W, 3), got {image.shape}")
+        heights = {image.shape[0] for image in images}
+        if len(heights) != 1:
+            raise ValueError(f"images of row {r} differ in height: {sorted(heights)}")
+        strips.append(np.concatenate(images, axis=1))
+    widths = {strip.shape[1] for strip in strips}
+    if len(widths) != 1:
+        raise ValueError(f"grid rows differ in total width: {[s.shape[1] for s in strips]}")
+    return np.concatenate(strips, axis=0)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes a uint8 (H, W, 3) or (H, W) image as PNG, creating the parent directory."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"save_png needs uint8 (H, W[, C]), got {image.dtype} {image.shape}")
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def check_finite(metrics: Mapping[str, float], step: int) -> None:
+    """Raises ``FloatingPointError`` naming every non-finite metric and the step."""
+    bad = {}
+    for name in sorted(metrics):
+        value = float(metrics[name])
+        if not math.isfinite(value):
+            bad[name] = value
+    if bad:
+        terms = ", ".join(f"{name} = {value}" for name, value in bad.items())
+        raise FloatingPointError(f"non-finite metrics at step {step}: {terms}")

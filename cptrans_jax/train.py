@@ -1,0 +1,79 @@
+"""Command line: ``python -m cptrans_jax.train --config configs/<set>.py[:args] --workdir DIR``.
+
+Flags are parsed here and everything else happens in :func:`cptrans_jax.trainer.train`.
+``--config.<field>=<value>`` overrides any config field; an unknown field or a bad value stops
+the run before anything is built, with a message naming the field. Several processes (a TPU pod,
+SLURM, ``launch/local_multiprocess.sh``) are joined with ``jax.distributed.initialize()`` when
+``--multiprocess`` is given; JAX reads the coordinator from the environment there.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/irvi.py:scene=traffic.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
+_MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", False, "Call jax.distributed.initialize() first (multi-host / multi-process)."
+)
+# Only needed where JAX cannot read them from the environment (TPU pods and SLURM need none).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    # Orbax logs every checkpoint step at INFO through absl; keep the console to our progress
+    # lines unless the user asks for more with --verbosity.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if _MULTIPROCESS.value:
+        # (CPU devices of different processes already talk through gloo by default.)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    from cptrans_jax import trainer
+
+    try:
+        trainer.train(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, NotImplementedError, FloatingPointError) as e:
+        # Configuration, input and divergence errors are the user's to read, not tracebacks.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a one-line message instead of a traceback for a bad override."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(
+            f"error: {e}\nusage: python -m cptrans_jax.train --config configs/demo.py "
+            "--workdir runs/demo [--config.<field>=<value> ...]",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        print(
+            f"error: bad config override {e} among {overrides}: the fields and their types are "
+            "those of cptrans_jax/config.py:base_config()",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,204 @@
+"""End-to-end training on the built-in demo with tiny networks (issue 4)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cptrans_jax import trainer
+from cptrans_jax.checkpoints import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import demo  # noqa: E402
+
+TINY = {
+    "data.frame_size": 32,
+    "data.load_size": 32,
+    "data.epoch_size": 8,  # 4 steps per epoch at batch 2
+    "model.ngf": 8,
+    "model.n_blocks": 1,
+    "model.vit.image_size": 48,
+    "model.vit.patch_size": 8,
+    "model.vit.width": 32,
+    "model.vit.mlp_dim": 64,
+    "train.log_every": 1,
+    "train.sample_every": 2,
+    "train.checkpoint_every": 2,
+}
+
+
+def tiny_config(arg=None, **overrides):
+    c = demo.get_config(arg)
+    for key, value in {**TINY, **overrides}.items():
+        *path, name = key.split(".")
+        target = c
+        for p in path:
+            target = target[p]
+        target[name] = value
+    return c
+
+
+def params_of(state):
+    return jax.tree.map(np.asarray, (state.g_params, state.d_params, state.g_opt_state))
+
+
+@pytest.mark.parametrize("arg", ["method=cptrans", "method=roma"])
+def test_two_step_training_writes_everything(tmp_path, arg):
+    lines = []
+    state = trainer.train(
+        tiny_config(arg, **{"train.max_steps": 2}), str(tmp_path), print_fn=lines.append
+    )
+    assert int(state.step) == 2
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "samples", "tensorboard"]
+    assert Checkpointer(tmp_path / "checkpoints", save_every=2, keep=3).latest_step() == 2
+    assert os.listdir(tmp_path / "samples") == ["step_0000002.png"]
+    assert os.path.getsize(next((tmp_path / "tensorboard").iterdir())) > 1000
+    assert lines[0].startswith("step 1/2 |") and "loss/g " in lines[0] and "lr/g " in lines[0]
+    for leaf in jax.tree.leaves(params_of(state)):
+        assert np.all(np.isfinite(leaf))
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = trainer.train(
+        tiny_config(**{"train.max_steps": 4}), str(tmp_path / "a"), print_fn=lambda *_: None
+    )
+    trainer.train(
+        tiny_config(**{"train.max_steps": 2}), str(tmp_path / "b"), print_fn=lambda *_: None
+    )
+    lines = []
+    resumed = trainer.train(
+        tiny_config(**{"train.max_steps": 4}), str(tmp_path / "b"), print_fn=lines.append
+    )
+    assert lines[0].startswith("resumed from") and "(step 2 of 4)" in lines[0]
+    assert int(resumed.step) == 4
+    for a, b in zip(
+        jax.tree.leaves(params_of(straight)), jax.tree.leaves(params_of(resumed)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)  # CPU: bit for bit
+
+
+def test_divergence_stops_naming_the_term_and_saves_nothing_bad(tmp_path):
+    c = tiny_config(**{"train.max_steps": 4, "optim.g_lr": 1e30, "optim.d_lr": 1e30})
+    with pytest.raises(FloatingPointError, match=r"step [12].*loss/|loss/.*step [12]"):
+        trainer.train(c, str(tmp_path), print_fn=lambda *_: None)
+    ckpt = Checkpointer(tmp_path / "checkpoints", save_every=2, keep=3)
+    assert ckpt.latest_step() is None
+
+
+def _cli(workdir, *extra):
+    args = [
+        sys.executable,
+        "-m",
+        "cptrans_jax.train",
+        "--config",
+        "configs/demo.py",
+        "--workdir",
+        str(workdir),
+    ]
+    args += [f"--config.{k}={v}" for k, v in TINY.items()] + list(extra)
+    return args
+
+
+def test_sigterm_leaves_a_restorable_checkpoint(tmp_path):
+    proc = subprocess.Popen(
+        _cli(tmp_path, "--config.train.max_steps=100000", "--config.train.checkpoint_every=100000"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait for a few real iterations before pre-empting
+        seen.append(line)
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(seen[-20:])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(seen) + out
+    assert "SIGTERM: saved step" in out
+    step = Checkpointer(tmp_path / "checkpoints", save_every=100000, keep=3).latest_step()
+    assert step is not None and step >= 3
+    # and the run picks up from it
+    resumed = subprocess.run(
+        _cli(tmp_path, f"--config.train.max_steps={step + 1}"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {tmp_path}/checkpoints/{step}" in resumed.stdout
+
+
+def test_cli_rejects_bad_config(tmp_path):
+    bad_field = subprocess.run(
+        _cli(tmp_path, "--config.train.nope=3"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_field.returncode == 2 and "bad config override" in bad_field.stderr
+    assert "Traceback" not in bad_field.stderr
+    bad_value = subprocess.run(
+        _cli(tmp_path, "--config.data.frame_size=30"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_value.returncode == 2
+    assert "config field data.frame_size: must be a multiple of 4" in bad_value.stderr
+    bad_batch = subprocess.run(
+        _cli(tmp_path, "--config.train.num_devices=1", "--config.data.global_batch_size=0"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_batch.returncode == 2 and "data.global_batch_size" in bad_batch.stderr
+
+
+def _checksum(text):
+    line = [x for x in text.splitlines() if "parameter checksum" in x][-1]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_two_processes_on_loopback_agree(tmp_path):
+    """Two processes (1 CPU device each, jax.distributed on 127.0.0.1) train two steps; both
+    hold the same parameters, equal to one process driving two devices on the same batch."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    args = ["--config", "configs/demo.py", "--config.train.max_steps=2"]
+    args += [f"--config.{k}={v}" for k, v in TINY.items()]
+    run = subprocess.run(
+        ["bash", "launch/local_multiprocess.sh", "2", str(tmp_path / "mp"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = [(tmp_path / "mp" / f"proc_{i}.log").read_text() for i in range(2)]
+    assert run.returncode == 0, run.stdout + run.stderr + logs[0][-3000:] + logs[1][-3000:]
+    assert "process 0/2: finished at step 2" in logs[0]
+    assert "process 1/2: finished at step 2" in logs[1]
+    c0, c1 = _checksum(logs[0]), _checksum(logs[1])
+    assert c0 == c1
+    single = subprocess.run(
+        [sys.executable, "-m", "cptrans_jax.train", "--workdir", str(tmp_path / "sp"), *args],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert abs(_checksum(single.stdout) - c0) <= 1e-6 * abs(c0)
