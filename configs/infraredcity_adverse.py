@@ -8,21 +8,10 @@ Scenes: rain, snow. Ablations: ``:variant=baseline|no_co|no_ctn``. Paper numbers
 configs/irvi.py.
 """
 
-from cptrans_jax.config import base_config, parse_arg
-
-SCENES = ("rain", "snow")
+from cptrans_jax.config import scene_config
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
-    c = base_config()
-    c.variant = args.pop("variant", "full")
-    c.data.name = "infraredcity_adverse"
-    c.data.scene = args.pop("scene", "rain")
-    if c.data.scene not in SCENES:
-        raise ValueError(f"configs/infraredcity_adverse.py: scene must be one of {SCENES}")
-    if args:
-        raise ValueError(
-            f"configs/infraredcity_adverse.py takes scene= and variant=, got {sorted(args)}"
-        )
-    return c
+    return scene_config(
+        "configs/infraredcity_adverse.py", "infraredcity_adverse", ("rain", "snow"), arg
+    )

@@ -4,24 +4,14 @@
         --config.data.data_dir=/data/tfds --config.model.vit_weights=/weights/B_16-...-res_384.npz \
         --workdir runs/irvi_traffic
 
-Ablations: ``configs/irvi.py:variant=baseline|no_co|no_ctn``. The paper's numbers: Adam
-lr 2e-6, β (0.5, 0.999), 100 epochs, batch 1, 256×256 crops of 286×286 frames, λ1 = 6,
-λ2 = 10, η = 0.4; λ_inc = 2 and the CTN flow scale are our choices (SPEC §8).
+Ablations: ``configs/irvi.py:variant=baseline|no_co|no_ctn``. The paper's numbers (the
+defaults of ``base_config``): Adam lr 2e-6, β (0.5, 0.999), 100 epochs, batch 1, 256×256 crops
+of 286×286 frames, λ1 = 6, λ2 = 10, η = 0.4; λ_inc = 2 and the CTN flow scale are our choices
+(SPEC §8).
 """
 
-from cptrans_jax.config import base_config, parse_arg
-
-SCENES = ("traffic", "monitoring")
+from cptrans_jax.config import scene_config
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
-    c = base_config()
-    c.variant = args.pop("variant", "full")
-    c.data.name = "irvi"
-    c.data.scene = args.pop("scene", "traffic")
-    if c.data.scene not in SCENES:
-        raise ValueError(f"configs/irvi.py: scene must be one of {SCENES}, got {c.data.scene!r}")
-    if args:
-        raise ValueError(f"configs/irvi.py takes scene= and variant=, got {sorted(args)}")
-    return c
+    return scene_config("configs/irvi.py", "irvi", ("traffic", "monitoring"), arg)

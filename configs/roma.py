@@ -8,21 +8,14 @@ ROMA's training script: Adam lr 1e-5, β (0.5, 0.999), 100 epochs constant then 
 linear decay stepped per epoch, batch 1; L_G = adv + 5·global + 5·local (64 centres) + motion.
 """
 
-from cptrans_jax.config import base_config, parse_arg
+from cptrans_jax.config import scene_config
 
 SCENES = ("city_clearday", "city_overcast", "highway_clearday", "highway_overcast", "monitor")
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg)
-    c = base_config()
+    c = scene_config("configs/roma.py", "infraredcity_lite", SCENES, arg, ablations=False)
     c.method = "roma"
-    c.data.name = "infraredcity_lite"
-    c.data.scene = args.pop("scene", "city_clearday")
-    if c.data.scene not in SCENES:
-        raise ValueError(f"configs/roma.py: scene must be one of {SCENES}")
-    if args:
-        raise ValueError(f"configs/roma.py takes scene=, got {sorted(args)}")
     c.optim.g_lr = 1e-5
     c.optim.d_lr = 1e-5
     c.optim.constant_epochs = 100

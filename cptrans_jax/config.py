@@ -83,6 +83,30 @@ def parse_arg(arg: str | None) -> dict[str, str]:
     return out
 
 
+def scene_config(
+    config_file: str,
+    data_name: str,
+    scenes: tuple[str, ...],
+    arg: str | None,
+    *,
+    ablations: bool = True,
+) -> ml_collections.ConfigDict:
+    """The base config on one scene of a real data set, from a config file's ``scene=`` (and,
+    for CPTrans, ``variant=``) argument; anything else in the argument is an error."""
+    args = parse_arg(arg)
+    c = base_config()
+    c.data.name = data_name
+    c.data.scene = args.pop("scene", scenes[0])
+    if c.data.scene not in scenes:
+        raise ValueError(f"{config_file}: scene must be one of {scenes}, got {c.data.scene!r}")
+    if ablations:
+        c.variant = args.pop("variant", "full")
+    if args:
+        takes = "scene= and variant=" if ablations else "scene="
+        raise ValueError(f"{config_file} takes {takes}, got {sorted(args)}")
+    return c
+
+
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ValueError(f"config field {field}: {message}")
