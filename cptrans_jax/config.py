@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -200,12 +201,12 @@ def lr_schedule(base_lr: float, steps_per_epoch: int, constant_epochs: int, deca
     (decay_epochs + 1))``: constant for ``constant_epochs``, then falling linearly, stepped once
     per epoch.
     """
-    import jax.numpy as jnp
 
     def schedule(step: Any) -> Any:
         epoch = jnp.asarray(step) // steps_per_epoch
         decayed = jnp.maximum(0, epoch + 1 - constant_epochs) / (decay_epochs + 1)
-        return base_lr * (1.0 - decayed)
+        # Clamped: with train.max_steps past the schedule's end the rate stays 0, never < 0.
+        return base_lr * jnp.maximum(0.0, 1.0 - decayed)
 
     return schedule
 

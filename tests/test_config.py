@@ -86,5 +86,6 @@ def test_real_data_needs_vit_weights_and_bad_args():
 def test_lr_schedule_is_the_per_epoch_linear_policy():
     sched = config_lib.lr_schedule(1.0, steps_per_epoch=10, constant_epochs=2, decay_epochs=3)
     # epochs 0,1 constant; epoch 2 → 1 - 1/4; epoch 3 → 1 - 2/4; epoch 4 → 1 - 3/4
-    values = [float(sched(s)) for s in (0, 19, 20, 29, 30, 40, 49)]
-    assert values == [1.0, 1.0, 0.75, 0.75, 0.5, 0.25, 0.25]
+    values = [float(sched(s)) for s in (0, 19, 20, 29, 30, 40, 49, 50, 1000)]
+    # past the last epoch (train.max_steps beyond the schedule) the rate is 0, never negative
+    assert values == [1.0, 1.0, 0.75, 0.75, 0.5, 0.25, 0.25, 0.0, 0.0]
