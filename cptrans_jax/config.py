@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cptrans_jax.data.layouts import DATASETS as DATASET_SPECS
+from cptrans_jax.data.layouts import LAYOUTS
 from cptrans_jax.models import Discriminator, FeatureViT, Generator, ViTConfig, vit_b16_384
 from cptrans_jax.objectives import VARIANTS, Networks, ObjectiveConfig, cptrans_variant
 from cptrans_jax.steps import Schedule, adam
 
-DATASETS = ("demo", "irvi", "infraredcity_lite", "infraredcity_adverse")
+DATASETS = ("demo", *DATASET_SPECS)
 VIT_PRESETS = ("b16_384", "custom")
 
 
@@ -34,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "demo"  # one of DATASETS
     c.data.scene = ""  # builder config of the data set (e.g. "traffic", "city_clearday")
     c.data.data_dir = ""  # TFDS data dir holding the built data set
+    c.data.layout = "packed"  # the authors' packed files, or "frames" (plain frame folders)
+    c.data.read_threads = 8  # Grain threads decoding and cropping clips
     c.data.frame_size = 256  # training crop (SPEC §5: resize to load_size, random crop)
     c.data.load_size = 286
     c.data.global_batch_size = 1
@@ -92,18 +96,19 @@ def scene_config(
     *,
     ablations: bool = True,
 ) -> ml_collections.ConfigDict:
-    """The base config on one scene of a real data set, from a config file's ``scene=`` (and,
-    for CPTrans, ``variant=``) argument; anything else in the argument is an error."""
+    """The base config on one scene of a real data set, from a config file's ``scene=``,
+    ``layout=`` (and, for CPTrans, ``variant=``) argument; anything else is an error."""
     args = parse_arg(arg)
     c = base_config()
     c.data.name = data_name
     c.data.scene = args.pop("scene", scenes[0])
     if c.data.scene not in scenes:
         raise ValueError(f"{config_file}: scene must be one of {scenes}, got {c.data.scene!r}")
+    c.data.layout = args.pop("layout", "packed")
     if ablations:
         c.variant = args.pop("variant", "full")
     if args:
-        takes = "scene= and variant=" if ablations else "scene="
+        takes = "scene=, layout= and variant=" if ablations else "scene= and layout="
         raise ValueError(f"{config_file} takes {takes}, got {sorted(args)}")
     return c
 
@@ -123,7 +128,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "the ablations (baseline, no_co, no_ctn) are CPTrans's; ROMA takes variant=full",
     )
     _check(c.data.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {c.data.name!r}")
-    for name in ("frame_size", "load_size", "global_batch_size", "epoch_size"):
+    if c.data.name != "demo":
+        _check(
+            bool(c.data.data_dir),
+            "data.data_dir",
+            "is required for real data sets: the TFDS data dir data_prep/build.py built into",
+        )
+        _check(
+            c.data.layout in LAYOUTS,
+            "data.layout",
+            f"must be one of {LAYOUTS}, got {c.data.layout!r}",
+        )
+        scenes = DATASET_SPECS[c.data.name].scenes
+        _check(
+            c.data.scene in scenes,
+            "data.scene",
+            f"{c.data.name} has scenes {scenes}, got {c.data.scene!r}",
+        )
+    for name in ("frame_size", "load_size", "global_batch_size", "epoch_size", "read_threads"):
         value = c.data[name]
         _check(isinstance(value, int) and value > 0, f"data.{name}", f"must be > 0, got {value}")
     _check(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,7 +49,9 @@ from cptrans_jax.steps import TrainState, init_train_state, make_iteration
 SAMPLE_ROWS = 4  # samples shown per grid
 
 
-def make_source(c: ml_collections.ConfigDict) -> ClipSource:
+def make_source(
+    c: ml_collections.ConfigDict, print_fn: Callable[[str], None] = print
+) -> ClipSource:
     """This process's input stream for the config's data set."""
     frames = 2 if c.method == "roma" else 1
     if c.data.name == "demo":
@@ -63,9 +66,22 @@ def make_source(c: ml_collections.ConfigDict) -> ClipSource:
             process_count=jax.process_count(),
             epoch_size=c.data.epoch_size,
         )
-    raise NotImplementedError(
-        f"data.name={c.data.name!r}: the TFDS readers of the real data sets are not in this "
-        "version yet; train on the built-in demo (configs/demo.py) meanwhile"
+    from cptrans_jax.data.pipeline import TFDSClipSource
+
+    return TFDSClipSource(
+        dataset=c.data.name,
+        scene=c.data.scene,
+        layout=c.data.layout,
+        data_dir=c.data.data_dir,
+        clip_length=frames,
+        frame_size=c.data.frame_size,
+        load_size=c.data.load_size,
+        global_batch_size=c.data.global_batch_size,
+        seed=c.data.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        read_threads=c.data.read_threads,
+        print_fn=print_fn,
     )
 
 
@@ -124,7 +140,7 @@ def train(c: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> Trai
     check_global_batch(c.data.global_batch_size, mesh)
     nets: Networks = config_lib.build_networks(c)
     objective = config_lib.build_objective(c)
-    source = make_source(c)
+    source = make_source(c, print_fn)
     steps_per_epoch = source.steps_per_epoch
     total = config_lib.total_steps(c, steps_per_epoch)
     g_tx, d_tx, g_lr, d_lr = config_lib.build_optimizers(c, steps_per_epoch)

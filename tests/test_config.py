@@ -23,6 +23,7 @@ def test_every_config_validates_and_documents_its_command(name):
     c = load(name)
     if name != "demo":
         c.model.vit_weights = "/weights/vit.npz"
+        c.data.data_dir = "/data/tfds"
     config_lib.validate(c)
     with open(os.path.join(ROOT, "configs", f"{name}.py")) as f:
         assert "python -m cptrans_jax.train --config configs/" + name in f.read()
@@ -71,8 +72,10 @@ def test_bad_values_name_the_field(field, value, message):
 
 
 def test_real_data_needs_vit_weights_and_bad_args():
+    c = load("irvi")
+    c.data.data_dir = "/data/tfds"
     with pytest.raises(ValueError, match="model.vit_weights: is required"):
-        config_lib.validate(load("irvi"))
+        config_lib.validate(c)
     with pytest.raises(ValueError, match="scene must be one of"):
         load("irvi", "scene=mall")
     with pytest.raises(ValueError, match="must be key=value"):
@@ -89,3 +92,20 @@ def test_lr_schedule_is_the_per_epoch_linear_policy():
     values = [float(sched(s)) for s in (0, 19, 20, 29, 30, 40, 49, 50, 1000)]
     # past the last epoch (train.max_steps beyond the schedule) the rate is 0, never negative
     assert values == [1.0, 1.0, 0.75, 0.75, 0.5, 0.25, 0.25, 0.0, 0.0]
+
+
+def test_real_data_fields_are_checked():
+    c = load("infraredcity_lite", "scene=monitor,layout=frames")
+    c.model.vit_weights = "/weights/vit.npz"
+    assert (c.data.scene, c.data.layout) == ("monitor", "frames")
+    with pytest.raises(ValueError, match="config field data.data_dir: is required"):
+        config_lib.validate(c)
+    c.data.data_dir = "/data/tfds"
+    config_lib.validate(c)
+    c.data.layout = "pairs"
+    with pytest.raises(ValueError, match=r"config field data.layout: must be one of \('packed'"):
+        config_lib.validate(c)
+    c.data.layout = "packed"
+    c.data.scene = "rain"
+    with pytest.raises(ValueError, match="config field data.scene: infraredcity_lite has scenes"):
+        config_lib.validate(c)

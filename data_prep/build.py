@@ -1,0 +1,56 @@
+"""Build one scene of a data set from its downloaded folder into a TFDS data dir.
+
+    python data_prep/build.py --dataset infraredcity_lite --scene monitor \
+        --manual_dir /data/InfraredCity-Lite --data_dir /data/tfds [--layout packed|frames] \
+        [--skip_corrupt]
+
+Reads ``<manual_dir>/<scene>/{trainA,trainB,testA,testB}`` (see ``cptrans_jax/data/layouts.py``
+for the two layouts), writes ``<data_dir>/<dataset>/<config>/1.0.0/`` (array_record files, no
+TensorFlow needed) and indexes its frames for the input pipeline. The first unusable file stops
+the build with its path and what was expected; ``--skip_corrupt`` leaves out files that do not
+decode instead and lists them (wrong sizes or channel counts still stop it). Run
+``data_prep/validate.py`` first to see every problem at once. An already built scene is reused.
+Exit status 0 on success, 1 for a data problem, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cptrans_jax.data.layouts import DATASETS, LAYOUTS, DataLayoutError, FrameError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--scene", required=True)
+    parser.add_argument("--manual_dir", required=True, help="folder holding <scene>/trainA, …")
+    parser.add_argument("--data_dir", required=True, help="TFDS data dir to build into")
+    parser.add_argument("--layout", default="packed", choices=LAYOUTS)
+    parser.add_argument(
+        "--skip_corrupt", action="store_true", help="leave out undecodable files, listing them"
+    )
+    args = parser.parse_args(argv)
+    if args.scene not in DATASETS[args.dataset].scenes:
+        scenes = ", ".join(DATASETS[args.dataset].scenes)
+        parser.error(f"{args.dataset} has scenes {scenes}; got {args.scene!r}")
+    from cptrans_jax.data.builders import build  # imports TFDS: after argument checks
+
+    try:
+        build(
+            args.dataset,
+            args.scene,
+            args.layout,
+            args.manual_dir,
+            args.data_dir,
+            skip_corrupt=args.skip_corrupt,
+        )
+    except (DataLayoutError, FrameError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
