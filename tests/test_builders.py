@@ -1,0 +1,262 @@
+"""TFDS builders and the manual-folder layouts (issue 5): counts, frame identity, bad input."""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from data_fixtures import (
+    FRAME_VIDEOS,
+    PAIR_FILES,
+    frame_pixels,
+    frame_value,
+    frames_tree,
+    pair_tree,
+    triplet_tree,
+)
+from PIL import Image
+
+from cptrans_jax.data import builders
+from cptrans_jax.data.layouts import DataLayoutError, FrameError, natural_key, read_frame
+from cptrans_jax.data.pipeline import clip_table
+
+tfds.disable_progress_bar()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "data_prep" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records_of(builder, split):
+    """(domain, video, frame, red value) of every record, sorted."""
+    source = builder.as_data_source(split)
+    rows = []
+    for i in range(len(source)):
+        r = source[i]
+        video = r["video"].decode() if isinstance(r["video"], bytes) else r["video"]
+        rows.append((int(r["domain"]), video, int(r["frame_index"]), int(r["image"][0, 0, 0])))
+        assert r["image"].shape == (8, 8, 3) and r["image"].dtype == np.uint8
+    return sorted(rows)
+
+
+def test_pair_files(tmp_path):
+    lines = []
+    b = builders.build(
+        "infraredcity_lite",
+        "monitor",
+        "packed",
+        pair_tree(tmp_path / "manual"),
+        tmp_path / "data",
+        print_fn=lines.append,
+    )
+    assert b.info.splits["train"].num_examples == 2 * (PAIR_FILES["trainA"] + PAIR_FILES["trainB"])
+    assert b.info.splits["test"].num_examples == 2 * (PAIR_FILES["testA"] + PAIR_FILES["testB"])
+    want = sorted(
+        (d, ("sub/" if i == 0 else "") + f"{i:04d}", j, frame_value(d, i, i + j))
+        for d, folder in ((0, "trainA"), (1, "trainB"))
+        for i in range(PAIR_FILES[folder])
+        for j in range(2)
+    )
+    assert records_of(b, "train") == want
+    assert "train: 10 infrared, 6 visible frames indexed" in lines
+    # One clip per pair file: its two frames, left then right.
+    table = builders.frame_table(b, "train")
+    clips = clip_table(table, 0, 2, packed=True)
+    source = b.as_data_source("train")
+    values = [[int(source[int(r)]["image"][0, 0, 0]) for r in clip] for clip in clips]
+    assert sorted(values) == [[frame_value(0, i, i), frame_value(0, i, i + 1)] for i in range(5)]
+    assert len(clip_table(table, 0, 1, packed=True)) == 5  # T=1: the left frame of each file
+    assert len(clip_table(table, 0, 3, packed=True)) == 0
+    # Visible frames keep their colour.
+    visible = next(source[i] for i in range(len(source)) if source[i]["domain"] == 1)
+    assert visible["image"][0, 0, 1] == 128
+
+
+def test_triplet_files(tmp_path):
+    b = builders.build(
+        "irvi",
+        "traffic",
+        "packed",
+        triplet_tree(tmp_path / "manual"),
+        tmp_path / "data",
+        print_fn=lambda *_: None,
+    )
+    assert [b.info.splits[s].num_examples for s in ("train", "test")] == [12, 6]
+    table = builders.frame_table(b, "test")
+    source = b.as_data_source("test")
+    (clip,) = clip_table(table, 0, 3, packed=True)
+    assert [int(source[int(r)]["image"][0, 0, 0]) for r in clip] == [0, 1, 2]
+
+
+def test_frame_folders_and_cached_table(tmp_path):
+    b = builders.build(
+        "infraredcity_adverse",
+        "rain",
+        "frames",
+        frames_tree(tmp_path / "manual"),
+        tmp_path / "data",
+        print_fn=lambda *_: None,
+    )
+    assert b.builder_config.name == "rain_frames"
+    want = sorted(
+        (d, f"video{v}", f, frame_value(d, v, f))
+        for d, folder in ((0, "trainA"), (1, "trainB"))
+        for v, n in enumerate(FRAME_VIDEOS[folder])
+        for f in range(n)
+    )
+    assert records_of(b, "train") == want  # f_10 and f_11 after f_9: natural order
+    table = builders.frame_table(b, "train")
+    assert (Path(b.data_dir) / "frame_table-train.npz").exists()
+    source = b.as_data_source("train")
+    for T in (1, 2, 3):
+        clips = clip_table(table, 0, T, packed=False)
+        assert len(clips) == sum(n - T + 1 for n in FRAME_VIDEOS["trainA"])
+        for clip in clips:  # adjacent frames of one video
+            rows = [source[int(r)] for r in clip]
+            assert len({r["video"] for r in rows}) == 1
+            assert [int(r["frame_index"]) for r in rows] == list(
+                range(int(rows[0]["frame_index"]), int(rows[0]["frame_index"]) + T)
+            )
+    # A rebuilt builder object reads the cached table, which equals a fresh scan.
+    cached = builders.frame_table(
+        builders.make_builder("infraredcity_adverse", "rain", "frames", tmp_path / "data"), "train"
+    )
+    for key in table:
+        np.testing.assert_array_equal(cached[key], table[key])
+
+
+def test_natural_order():
+    names = ["f_10.png", "f_2.png", "f_1.png", "g_0.png"]
+    assert sorted(names, key=natural_key) == ["f_1.png", "f_2.png", "f_10.png", "g_0.png"]
+
+
+def test_frame_reading_modes(tmp_path):
+    gray16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    out = read_frame(tmp_path / "g16.png")
+    assert out.shape == (8, 8, 3)
+    np.testing.assert_array_equal(out[..., 0], (gray16 >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    Image.fromarray(frame_pixels(1, 2, 3)).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_frame(tmp_path / "rgb.png"), frame_pixels(1, 2, 3))
+
+
+def _build_expecting(tmp_path, layout, exc, match, **kw):
+    scene = "monitor"
+    with pytest.raises(exc, match=match):
+        builders.build(
+            "infraredcity_lite",
+            scene,
+            layout,
+            tmp_path / "manual",
+            tmp_path / "data",
+            print_fn=lambda *_: None,
+            **kw,
+        )
+
+
+def test_missing_and_empty_folders(tmp_path):
+    _build_expecting(tmp_path, "packed", DataLayoutError, "missing folder .*manual")
+    pair_tree(tmp_path / "manual")
+    shutil.rmtree(tmp_path / "manual/monitor/testB")
+    (tmp_path / "manual/monitor/testB").mkdir()
+    (tmp_path / "manual/monitor/testB/notes.txt").write_text("x")
+    _build_expecting(tmp_path, "packed", DataLayoutError, r"testB holds no image files")
+    # Nothing half-built is left to be mistaken for a data set.
+    assert not builders.make_builder(
+        "infraredcity_lite", "monitor", "packed", tmp_path / "data"
+    ).is_prepared()
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("truncate", r"trainA/0003\.png: cannot be decoded .* corrupt or truncated"),
+        ("rgba", r"trainA/0003\.png: has 4 channels \(mode RGBA\); expected a gray"),
+        ("wide", r"trainA/0003\.png: is 24×8; a packed file of 2 frames must be 2·H wide"),
+    ],
+)
+def test_bad_packed_file_is_named(tmp_path, damage, match):
+    pair_tree(tmp_path / "manual")
+    path = tmp_path / "manual/monitor/trainA/0003.png"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "rgba":
+        Image.fromarray(np.zeros((8, 16, 4), np.uint8)).save(path)
+    else:
+        Image.fromarray(np.zeros((8, 24), np.uint8)).save(path)
+    _build_expecting(tmp_path, "packed", FrameError, match)
+
+
+def test_skip_corrupt_counts_and_logs(tmp_path):
+    pair_tree(tmp_path / "manual")
+    path = tmp_path / "manual/monitor/trainB/0001.png"
+    path.write_bytes(path.read_bytes()[:40])
+    lines = []
+    b = builders.build(
+        "infraredcity_lite",
+        "monitor",
+        "packed",
+        tmp_path / "manual",
+        tmp_path / "data",
+        skip_corrupt=True,
+        print_fn=lines.append,
+    )
+    assert b.info.splits["train"].num_examples == 2 * (5 + 3 - 1)
+    assert "train: 14 frames from 8 videos; skipped 1 corrupt files" in lines
+    assert any(line.startswith("  skipped ") and "trainB/0001.png" in line for line in lines)
+
+
+def test_frame_of_another_size_in_a_video(tmp_path):
+    frames_tree(tmp_path / "manual")
+    bad = tmp_path / "manual/rain/trainA/video1/f_5.png"
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(bad)
+    with pytest.raises(FrameError, match=r"video1/f_5\.png: is 10×8 but the frames before it"):
+        builders.build(
+            "infraredcity_adverse",
+            "rain",
+            "frames",
+            tmp_path / "manual",
+            tmp_path / "data",
+            print_fn=lambda *_: None,
+        )
+
+
+def test_validate_reports_every_problem(tmp_path, capsys):
+    validate = load_script("validate")
+    pair_tree(tmp_path / "manual")
+    for name in ("trainA/0001.png", "testA/0001.png"):
+        p = tmp_path / "manual/monitor" / name
+        p.write_bytes(p.read_bytes()[:40])
+    Image.fromarray(np.zeros((8, 24), np.uint8)).save(tmp_path / "manual/monitor/trainB/0002.png")
+    (tmp_path / "manual/monitor/trainB/README").write_text("x")
+    args = ["--dataset", "infraredcity_lite", "--scene", "monitor", "--manual_dir"]
+    assert validate.main([*args, os.fspath(tmp_path / "manual")]) == 1
+    out = capsys.readouterr().out
+    assert out.count("problem: ") == 3
+    for name in ("trainA/0001.png", "testA/0001.png", "trainB/0002.png"):
+        assert name in out
+    assert "note: " in out and "README: not an image file" in out
+    assert "trainA: 8 frames" in out  # the four good pair files of trainA
+    assert validate.main([*args, os.fspath(tmp_path / "nowhere")]) == 1
+    assert "problem: missing folder" in capsys.readouterr().out
+
+
+def test_build_script(tmp_path, capsys):
+    build = load_script("build")
+    pair_tree(tmp_path / "manual")
+    args = ["--dataset", "infraredcity_lite", "--scene", "monitor"]
+    dirs = ["--manual_dir", os.fspath(tmp_path / "manual"), "--data_dir", os.fspath(tmp_path / "d")]
+    assert build.main([*args, *dirs]) == 0
+    assert "built infraredcity_lite/monitor" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        build.main(["--dataset", "infraredcity_lite", "--scene", "beach", *dirs])
+    assert e.value.code == 2
+    assert "has scenes city_clearday" in capsys.readouterr().err
