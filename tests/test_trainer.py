@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from cptrans_jax import config as config_lib
 from cptrans_jax import trainer
 from cptrans_jax.checkpoints import Checkpointer
 
@@ -260,3 +261,49 @@ def test_eight_devices_train_like_one(tmp_path):
     assert len(noise) == 3 + 2 * TINY["model.n_blocks"] + 2
     assert max(noise.values()) <= 4 * 1e-5
     assert max(rest.values()) <= 1e-6, rest
+
+
+def test_trains_on_a_built_data_set(tmp_path):
+    """From a downloaded-style folder to two training steps and a resume, through the CLI's
+    library path: build, then the infraredcity_lite config on it."""
+    import flax
+    import infraredcity_lite
+    from data_fixtures import pair_tree
+
+    from cptrans_jax.convert import init_vit_params
+    from cptrans_jax.data import builders
+
+    builders.build(
+        "infraredcity_lite",
+        "monitor",
+        "packed",
+        pair_tree(tmp_path / "manual"),
+        tmp_path / "tfds",
+        print_fn=lambda *_: None,
+    )
+    c = infraredcity_lite.get_config("scene=monitor")
+    base = tiny_config()
+    c.model = base.model
+    c.train = base.train
+    c.data.frame_size, c.data.load_size = 32, 36  # the 8×8 fixture frames upsampled
+    c.data.global_batch_size = 2
+    c.data.data_dir = str(tmp_path / "tfds")
+    c.train.max_steps = 2
+    vit = init_vit_params(config_lib.vit_config(c), jax.random.key(0))
+    np.savez(tmp_path / "vit.npz", **flax.traverse_util.flatten_dict(vit, sep="/"))
+    c.model.vit_weights = str(tmp_path / "vit.npz")
+    lines = []
+    state = trainer.train(c, str(tmp_path / "run"), print_fn=lines.append)
+    assert int(state.step) == 2
+    assert any(
+        "data: infraredcity_lite/monitor train: 5 infrared and 3 visible clips" in line
+        for line in lines
+    )
+    ckpt = Checkpointer(tmp_path / "run/checkpoints", save_every=2, keep=3)
+    assert ckpt.latest_step() == 2
+    c.train.max_steps = 3
+    lines = []
+    state = trainer.train(c, str(tmp_path / "run"), print_fn=lines.append)
+    assert int(state.step) == 3 and any(line.startswith("resumed from") for line in lines)
+    for leaf in jax.tree.leaves(params_of(state)):
+        assert np.all(np.isfinite(leaf))
