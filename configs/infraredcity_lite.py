@@ -6,11 +6,15 @@
 
 Scenes: city_clearday, city_overcast, highway_clearday, highway_overcast, monitor. Ablations:
 ``:variant=baseline|no_co|no_ctn``. Paper numbers as in configs/irvi.py.
+
+Build the scene first (README, "Data"); ``:layout=frames`` trains on a scene built from plain
+frame folders instead of the authors' packed files.
 """
 
 from cptrans_jax.config import scene_config
+from cptrans_jax.data.layouts import DATASETS
 
-SCENES = ("city_clearday", "city_overcast", "highway_clearday", "highway_overcast", "monitor")
+SCENES = DATASETS["infraredcity_lite"].scenes
 
 
 def get_config(arg: str | None = None):

@@ -8,10 +8,14 @@ Ablations: ``configs/irvi.py:variant=baseline|no_co|no_ctn``. The paper's number
 defaults of ``base_config``): Adam lr 2e-6, β (0.5, 0.999), 100 epochs, batch 1, 256×256 crops
 of 286×286 frames, λ1 = 6, λ2 = 10, η = 0.4; λ_inc = 2 and the CTN flow scale are our choices
 (SPEC §8).
+
+Build the scene first (README, "Data"); ``:layout=frames`` trains on a scene built from plain
+frame folders instead of the authors' packed files.
 """
 
 from cptrans_jax.config import scene_config
+from cptrans_jax.data.layouts import DATASETS
 
 
 def get_config(arg: str | None = None):
-    return scene_config("configs/irvi.py", "irvi", ("traffic", "monitoring"), arg)
+    return scene_config("configs/irvi.py", "irvi", DATASETS["irvi"].scenes, arg)

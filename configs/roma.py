@@ -6,11 +6,15 @@
 
 ROMA's training script: Adam lr 1e-5, β (0.5, 0.999), 100 epochs constant then 100 epochs of
 linear decay stepped per epoch, batch 1; L_G = adv + 5·global + 5·local (64 centres) + motion.
+
+Build the scene first (README, "Data"); ``:layout=frames`` trains on a scene built from plain
+frame folders instead of the authors' packed files.
 """
 
 from cptrans_jax.config import scene_config
+from cptrans_jax.data.layouts import DATASETS
 
-SCENES = ("city_clearday", "city_overcast", "highway_clearday", "highway_overcast", "monitor")
+SCENES = DATASETS["infraredcity_lite"].scenes
 
 
 def get_config(arg: str | None = None):
