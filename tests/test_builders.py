@@ -142,7 +142,7 @@ def test_frame_reading_modes(tmp_path):
     Image.fromarray(gray16).save(tmp_path / "g16.png")
     out = read_frame(tmp_path / "g16.png")
     assert out.shape == (8, 8, 3)
-    np.testing.assert_array_equal(out[..., 0], (gray16 >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(out[..., 0], np.round(gray16 * (255 / 65535)).astype(np.uint8))
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
     Image.fromarray(frame_pixels(1, 2, 3)).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(read_frame(tmp_path / "rgb.png"), frame_pixels(1, 2, 3))

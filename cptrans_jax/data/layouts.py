@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from cptrans_jax import video_io
+from cptrans_jax.video_io import IMAGE_SUFFIXES, natural_key, pil_to_rgb8
+
 DOMAIN_DIRS = {"train": ("trainA", "trainB"), "test": ("testA", "testB")}
 DOMAINS = ("infrared", "visible")  # A, B
 LAYOUTS = ("packed", "frames")
@@ -90,52 +91,39 @@ class FrameError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def natural_key(path: str | os.PathLike) -> list:
-    """Sort key that orders embedded numbers by value: ``f_2.png`` < ``f_10.png``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
-
-
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return video_io.is_image(path) and not path.name.startswith(".")
+
+
+# Modes with a channel the method has no use for (alpha) or whose conversion would guess.
+_REFUSED_MODES = ("LA", "La", "RGBA", "RGBa", "PA", "CMYK", "YCbCr", "LAB", "HSV", "F")
 
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:
     """Decode one image file to uint8 RGB ``(H, W, 3)``.
 
-    Gray frames (8-bit, 16-bit or 32-bit integer) become three equal channels; 16-bit values are
-    scaled to 8 bits by their top byte. Raises FrameError for an undecodable or truncated file
+    Gray frames (8- or 16-bit) become three equal channels (16-bit scaled by 255/65535, as
+    ``video_io.read_image`` does). Raises FrameError for an undecodable or truncated file
     (``corrupt=True``) and for images with an alpha channel or an unusual mode (``corrupt=False``).
     """
     try:
         with Image.open(path) as img:
             img.load()  # decodes the whole file now: a truncated file fails here, not later
             mode = img.mode
-            if mode in ("L", "RGB"):
-                array = np.asarray(img)
-            elif mode == "1":
-                array = np.asarray(img.convert("L"))
-            elif mode == "P" and "transparency" not in img.info:
-                array = np.asarray(img.convert("RGB"))
-            elif mode in ("I;16", "I;16B", "I;16L", "I"):
-                wide = np.asarray(img).astype(np.int64)
-                bits = 16 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 8
-                array = (np.clip(wide, 0, 2**bits - 1) >> (bits - 8)).astype(np.uint8)
-            else:
+            if mode in _REFUSED_MODES or (mode == "P" and "transparency" in img.info):
                 raise FrameError(
                     path,
                     f"has {len(img.getbands())} channels (mode {mode}); expected a gray (1 "
                     "channel) or RGB (3 channel) image — remove the alpha channel or convert it",
                     corrupt=False,
                 )
+            return pil_to_rgb8(img, os.fspath(path))
     except FrameError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise FrameError(
             path, f"cannot be decoded as an image ({e}); the file is corrupt or truncated", True
         ) from e
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(array, dtype=np.uint8)
 
 
 def split_packed(strip: np.ndarray, k: int, path: str | os.PathLike) -> list[np.ndarray]:
@@ -202,8 +190,10 @@ def find_videos(split_dir: Path, layout: str) -> tuple[list[Video], list[Path]]:
         videos = [Video(str(f.relative_to(split_dir).with_suffix("")), (f,)) for f in files]
     else:
         videos = [
-            Video(str(d.relative_to(split_dir)), tuple(sorted(fs, key=natural_key)))
-            for d, fs in sorted(by_dir.items(), key=lambda kv: natural_key(kv[0]))
+            Video(
+                str(d.relative_to(split_dir)), tuple(sorted(fs, key=lambda p: natural_key(str(p))))
+            )
+            for d, fs in sorted(by_dir.items(), key=lambda kv: natural_key(str(kv[0])))
         ]
     return videos, sorted(ignored)
 
