@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +64,7 @@ from PIL import Image
 from cptrans_jax import eval_stats
 from cptrans_jax.inception_weights import load_inception_params
 from cptrans_jax.models.inception import FEATURE_DIM, inception_features
+from cptrans_jax.video_io import natural_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Part of every cache key: bump when the features of the same images and weights would change.
@@ -83,15 +83,6 @@ def _stderr(line: str) -> None:
 
 
 # ------------------------------------------------------------------------------- images
-
-
-def _natural_key(relpath: str) -> list:
-    # Numbers compare as numbers so frame_9 precedes frame_10 (the order matters for flicker).
-    return [
-        (0, int(tok), "") if tok.isdigit() else (1, 0, tok)
-        for tok in re.split(r"(\d+)", relpath.replace(os.sep, "/"))
-        if tok
-    ]
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -116,7 +107,7 @@ def list_images(folder: str | os.PathLike) -> list[str]:
         raise EvalInputError(
             f"{folder}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return [os.path.join(folder, rel) for rel in sorted(found, key=_natural_key)]
+    return [os.path.join(folder, rel) for rel in sorted(found, key=natural_key)]
 
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -133,7 +124,8 @@ def _image_size(path: str) -> tuple[int, int]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; grayscale is replicated, alpha and palettes resolved by PIL."""
+    """(H, W, 3) uint8 RGB by PIL's ``convert("RGB")`` — exactly what pytorch-fid feeds its
+    network, so features match that tool (unlike ``video_io.read_image``'s 16-bit scaling)."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -10,7 +10,19 @@
 The top folder name ``<archive>`` is whatever the file was called when it was saved, so it is
 discovered from the ``data.pkl`` entry rather than assumed.
 
-Unpickling an arbitrary pickle can execute arbitrary code, so ``data.pkl`` is read with a
+The legacy format (torch < 1.6, or ``torch.save(..., _use_new_zipfile_serialization=False)``) is
+also read. It is a plain sequence of pickles and raw data in one file::
+
+    pickle(MAGIC_NUMBER) pickle(1001) pickle(sys_info)
+    pickle(obj)                 # persistent ids ("storage", type, key, location, numel, view)
+    pickle([key, ...])          # storage keys, in the order their data follows
+    for each key: int64 LE element count, then count * element_size bytes (little-endian)
+
+Since the storage data follows the object pickle, that pickle is read twice: a dry run that only
+records each storage's type and size (so the data can be located), then the real one. The even
+older tar format (torch <= 0.1.x) is refused with a clear error.
+
+Unpickling an arbitrary pickle can execute arbitrary code, so every pickle is read with a
 restricted :class:`pickle.Unpickler` whose ``find_class`` only resolves the handful of globals a
 plain tensor ``state_dict`` needs (tensor/parameter rebuild functions, typed storage classes,
 ``collections.OrderedDict``) and maps each one to a local numpy implementation. Any other
@@ -60,6 +72,16 @@ _DATAPARALLEL_PREFIX = "module."
 # pickles; they start with the PROTO opcode.
 _PICKLE_PROTO = b"\x80"
 _ZIP_MAGIC = b"PK"
+# Even older (torch <= 0.1.x) files are tar archives: "ustar" at offset 257 of the header.
+_TAR_MAGIC_OFFSET = 257
+_TAR_MAGIC = b"ustar"
+_HEAD_SIZE = _TAR_MAGIC_OFFSET + len(_TAR_MAGIC)
+
+# torch.serialization.MAGIC_NUMBER / PROTOCOL_VERSION of the legacy format.
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL_VERSION = 1001
+# Legacy storage data is always little-endian, prefixed by an int64 element count.
+_LEGACY_COUNT = struct.Struct("<q")
 
 _RESAVE_HINT = "re-save it with a recent torch: `torch.save(torch.load(p), p2)`"
 
@@ -158,6 +180,13 @@ def _rebuild_tensor_v2(
     return out
 
 
+def _rebuild_tensor(
+    storage: _Storage, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...]
+) -> np.ndarray:
+    """``torch._utils._rebuild_tensor`` (torch < 0.4 pickles): the same without autograd."""
+    return _rebuild_tensor_v2(storage, storage_offset, size, stride)
+
+
 def _rebuild_parameter(
     data: np.ndarray, requires_grad: bool = False, backward_hooks: Any = None
 ) -> np.ndarray:
@@ -184,15 +213,61 @@ def _get_layout(name: str) -> str:
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("torch.serialization", "_get_layout"): _get_layout,
     ("torch", "strided"): "torch.strided",
     **{("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
+    # Old legacy files may name the CUDA storage classes; the device does not matter here.
+    **{("torch.cuda", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _dry_rebuild_tensor(*args: Any) -> None:
+    """Stand-in for the tensor rebuild functions while storage data is not yet available."""
+    del args
+
+
+# Globals for the legacy format's first (dry) pass over the object pickle: same allow-list, but
+# tensors are not built, since their storages' bytes only come after the pickle.
+_DRY_RUN_GLOBALS: dict[tuple[str, str], Any] = {
+    **_SAFE_GLOBALS,
+    ("torch._utils", "_rebuild_tensor_v2"): _dry_rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _dry_rebuild_tensor,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals in ``self._globals`` and no persistent ids."""
+
+    _globals: Mapping[tuple[str, str], Any] = _SAFE_GLOBALS
+
+    def __init__(self, file: IO[bytes], *, path: str) -> None:
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._globals[(module, name)]
+        except KeyError:
+            pass
+        hint = ""
+        if module.startswith("__torch__"):
+            hint = (
+                " (this looks like a TorchScript archive from torch.jit.save; "
+                "save model.state_dict() with torch.save instead)"
+            )
+        raise ValueError(
+            f"{self._path}: refusing to load global '{module}.{name}' from the checkpoint; "
+            f"only plain tensor state dicts are supported{hint}"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise ValueError(f"{self._path}: unexpected persistent id {pid!r:.200}")
+
+
+class _RestrictedUnpickler(_SafeUnpickler):
     """Unpickler for ``data.pkl`` that resolves only :data:`_SAFE_GLOBALS`.
 
     Storages are persistent ids ``("storage", storage_type, key, location, numel)``; their bytes
@@ -209,28 +284,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         byteorder: str,
         path: str,
     ) -> None:
-        super().__init__(file)
+        super().__init__(file, path=path)
         self._archive = archive
         self._prefix = prefix
         self._byteorder = byteorder
-        self._path = path
         self._storages: dict[str, _Storage] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            pass
-        hint = ""
-        if module.startswith("__torch__"):
-            hint = (
-                " (this looks like a TorchScript archive from torch.jit.save; "
-                "save model.state_dict() with torch.save instead)"
-            )
-        raise ValueError(
-            f"{self._path}: refusing to load global '{module}.{name}' from the checkpoint; "
-            f"only plain tensor state dicts are supported{hint}"
-        )
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -261,6 +319,167 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
+@dataclass(frozen=True)
+class _LegacyStorageRef:
+    """A legacy persistent id: root storage ``key`` and an optional ``(key, offset, numel)``."""
+
+    type: _StorageType
+    key: str
+    numel: int
+    view: tuple[str, int, int] | None
+
+
+def _as_int(value: Any, what: str, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{path}: invalid {what} {value!r:.100} in legacy checkpoint")
+    return value
+
+
+def _parse_legacy_pid(pid: Any, path: str) -> _LegacyStorageRef:
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
+        raise ValueError(f"{path}: unsupported persistent id {pid!r:.200}")
+    _, storage_type, key, _location, numel, view = pid
+    if not isinstance(storage_type, _StorageType):
+        raise ValueError(f"{path}: storage {key!r} has unsupported type {storage_type!r}")
+    numel = _as_int(numel, "storage size", path)
+    if view is not None:
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise ValueError(f"{path}: invalid storage view {view!r:.200}")
+        view_key, offset, view_numel = view
+        offset = _as_int(offset, "storage view offset", path)
+        view_numel = _as_int(view_numel, "storage view size", path)
+        if offset + view_numel > numel:
+            raise ValueError(
+                f"{path}: storage view [{offset}, {offset + view_numel}) reaches past its "
+                f"storage of {numel} elements"
+            )
+        view = (str(view_key), offset, view_numel)
+    return _LegacyStorageRef(storage_type, str(key), numel, view)
+
+
+class _LegacyUnpickler(_SafeUnpickler):
+    """Unpickler for the object pickle of a legacy checkpoint.
+
+    With ``storages=None`` it is the dry run: tensors are not rebuilt, and the type and size of
+    every storage referenced is recorded in :attr:`records`. Otherwise storages (and views of
+    them) are served from ``storages``, keyed as in the file.
+    """
+
+    def __init__(
+        self, file: IO[bytes], *, path: str, storages: Mapping[str, _Storage] | None
+    ) -> None:
+        super().__init__(file, path=path)
+        self._storages = storages
+        if storages is None:
+            self._globals = _DRY_RUN_GLOBALS
+        self.records: dict[str, tuple[_StorageType, int]] = {}
+        self._views: dict[str, _Storage] = {}
+
+    def persistent_load(self, pid: Any) -> _Storage | None:
+        ref = _parse_legacy_pid(pid, self._path)
+        seen = self.records.setdefault(ref.key, (ref.type, ref.numel))
+        if seen != (ref.type, ref.numel):
+            raise ValueError(
+                f"{self._path}: storage {ref.key!r} is referenced as both "
+                f"{seen[1]} x {seen[0].name} and {ref.numel} x {ref.type.name}"
+            )
+        if self._storages is None:
+            return None
+        root = self._storages[ref.key]
+        if ref.view is None:
+            return root
+        view_key, offset, view_numel = ref.view
+        if view_key not in self._views:
+            self._views[view_key] = _Storage(root.type, root.data[offset : offset + view_numel])
+        return self._views[view_key]
+
+
+def _read_legacy_storages(
+    file: IO[bytes], records: Mapping[str, tuple[_StorageType, int]], keys: list[str], path: str
+) -> dict[str, _Storage]:
+    """Read the raw storages that follow the key list, in the key list's order."""
+    if set(keys) != set(records) or len(set(keys)) != len(keys):
+        raise ValueError(
+            f"{path}: legacy checkpoint's storage list ({len(keys)} keys) does not match the "
+            f"{len(records)} storages its tensors use"
+        )
+    file_size = os.fstat(file.fileno()).st_size
+    storages: dict[str, _Storage] = {}
+    for key in keys:
+        storage_type, numel = records[key]
+        header = file.read(_LEGACY_COUNT.size)
+        if len(header) != _LEGACY_COUNT.size:
+            raise ValueError(f"{path}: truncated legacy checkpoint (storage {key!r} is missing)")
+        (count,) = _LEGACY_COUNT.unpack(header)
+        if count != numel:
+            raise ValueError(
+                f"{path}: storage {key!r} holds {count} elements, expected {numel} "
+                f"({storage_type.name})"
+            )
+        nbytes = numel * storage_type.dtype.itemsize
+        # Check before reading so a corrupt size cannot trigger a huge allocation.
+        if nbytes > file_size - file.tell():
+            raise ValueError(
+                f"{path}: truncated legacy checkpoint (storage {key!r} needs {nbytes} bytes, "
+                f"{max(file_size - file.tell(), 0)} left)"
+            )
+        raw = file.read(nbytes)
+        if len(raw) != nbytes:
+            raise ValueError(f"{path}: truncated legacy checkpoint (storage {key!r})")
+        data = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"), count=numel)
+        storages[key] = _Storage(storage_type, data)
+    return storages
+
+
+def _load_legacy(file: IO[bytes], path: str) -> Any:
+    """Load a legacy (non-zip, torch < 1.6 style) checkpoint; see the module docstring."""
+
+    def load_plain() -> Any:
+        return _SafeUnpickler(file, path=path).load()
+
+    corrupt = (
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        struct.error,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+    )
+    try:
+        magic = load_plain()
+        if magic != _LEGACY_MAGIC_NUMBER:
+            raise ValueError(
+                f"{path}: not a PyTorch checkpoint: a pickle, but neither a zip checkpoint "
+                "(torch.save, torch >= 1.6) nor a legacy one (no torch magic number)"
+            )
+        version = load_plain()
+        if version != _LEGACY_PROTOCOL_VERSION:
+            raise ValueError(
+                f"{path}: unsupported legacy PyTorch checkpoint protocol version {version!r:.50}"
+            )
+        load_plain()  # sys_info: byte order and C type sizes; the data is little-endian anyway
+
+        start = file.tell()
+        dry_run = _LegacyUnpickler(file, path=path, storages=None)
+        dry_run.load()
+        keys = load_plain()
+        if not isinstance(keys, list):
+            raise ValueError(f"{path}: corrupt legacy checkpoint (bad storage key list)")
+        storages = _read_legacy_storages(file, dry_run.records, [str(k) for k in keys], path)
+
+        file.seek(start)
+        return _LegacyUnpickler(file, path=path, storages=storages).load()
+    except ValueError:
+        raise
+    except corrupt as exc:
+        raise ValueError(
+            f"{path}: corrupt or truncated legacy PyTorch checkpoint ({exc!r:.200})"
+        ) from exc
+
+
 def _find_prefix(archive: zipfile.ZipFile, path: str) -> str:
     """Return ``"<archive>/"``, the top folder holding ``data.pkl``."""
     for name in archive.namelist():
@@ -276,19 +495,22 @@ def _find_prefix(archive: zipfile.ZipFile, path: str) -> str:
 def _not_a_zip_error(path: str, head: bytes) -> ValueError:
     if head.startswith(_ZIP_MAGIC):
         return ValueError(f"{path}: corrupt or truncated zip file (PyTorch zip checkpoint)")
-    if head.startswith(_PICKLE_PROTO):
-        return ValueError(
-            f"{path}: expected a PyTorch zip checkpoint (torch.save, torch >= 1.6) but this is "
-            f"the legacy pre-1.6 pickle format; {_RESAVE_HINT}"
-        )
     return ValueError(
-        f"{path}: not a zip file; expected a PyTorch zip checkpoint (torch.save, torch >= 1.6)"
+        f"{path}: not a PyTorch checkpoint; expected a zip checkpoint (torch.save, "
+        "torch >= 1.6) or a legacy pickle checkpoint (torch < 1.6)"
     )
 
 
 def _load_pickled_object(file: IO[bytes], path: str) -> Any:
-    head = file.read(4)
+    head = file.read(_HEAD_SIZE)
     file.seek(0)
+    if head.startswith(_PICKLE_PROTO):
+        return _load_legacy(file, path)
+    if head[_TAR_MAGIC_OFFSET:_HEAD_SIZE] == _TAR_MAGIC:
+        raise ValueError(
+            f"{path}: this is the very old tar-based PyTorch checkpoint format (torch <= 0.1.x), "
+            f"which is not supported; {_RESAVE_HINT}"
+        )
     try:
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
@@ -372,9 +594,11 @@ def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
     """Load a ``torch.save`` state dict as ``{name: numpy array}`` without importing torch.
 
     Args:
-        path: A checkpoint written by ``torch.save`` (zip format, torch >= 1.6). Its top-level
-            object must be a dict of tensors, or a dict wrapping one under ``state_dict``,
-            ``model_state_dict``, ``model`` or ``net``.
+        path: A checkpoint written by ``torch.save``: the zip format (torch >= 1.6) or the
+            legacy pickle format (torch < 1.6, ``_use_new_zipfile_serialization=False``; the
+            older tar format is not supported). Its top-level object must be a dict of tensors,
+            or a dict wrapping one under ``state_dict``, ``model_state_dict``, ``model`` or
+            ``net``.
 
     Returns:
         A new dict mapping parameter/buffer names to C-contiguous, writable numpy arrays with
@@ -383,8 +607,8 @@ def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is not a PyTorch zip checkpoint (legacy format, garbage, truncated
-            or corrupt zip), references a global outside the allow-list, or holds no dict of
+        ValueError: The file is not a PyTorch checkpoint (garbage, tar format, truncated or
+            corrupt), references a global outside the allow-list, or holds no dict of
             tensors.
     """
     path_str = os.fspath(path)
