@@ -1,5 +1,6 @@
 """The Grain clip pipeline (issue 5): clips, host shards, determinism, resume, errors."""
 
+import collections
 import json
 
 import numpy as np
@@ -98,11 +99,16 @@ def test_host_shards_are_disjoint_and_cover_the_batch(pair_data):
     whole = source(pair_data, **kw)
     hosts = [source(pair_data, **kw, process_index=p, process_count=2) for p in range(2)]
     assert [h.local_batch_size for h in hosts] == [2, 2]
+    seen = collections.Counter()
     for _ in range(5):
         full = whole.next_batch()
         parts = [h.next_batch() for h in hosts]
         for key in "AB":
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), full[key])
+        seen.update(clip[0] for p in parts for clip in ids(p["A"]))
+    # 5 steps × 4 rows = 4 passes over the 5 infrared pair files: together the hosts read every
+    # clip exactly 4 times (each pass a fresh permutation).
+    assert seen == {frame_value(0, i, i): 4 for i in range(5)}
 
 
 def test_resume_at_the_same_element(frames_data):
