@@ -64,12 +64,12 @@ from PIL import Image
 from cptrans_jax import eval_stats
 from cptrans_jax.inception_weights import load_inception_params
 from cptrans_jax.models.inception import FEATURE_DIM, inception_features
+from cptrans_jax.sharding import batch_sharding, local_data_mesh, replicated
 from cptrans_jax.video_io import natural_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Part of every cache key: bump when the features of the same images and weights would change.
 _FEATURE_VERSION = "fid-inception-v3/pytorch-fid-preprocessing/v1"
-_DATA_AXIS = "data"
 
 Progress = Callable[[str], None]
 
@@ -139,14 +139,12 @@ def read_image(path: str) -> np.ndarray:
 def _placement(batch_size: int) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], Any]]:
     """How to place a batch and the weights: split over a ``data`` mesh of the local devices
     when the batch divides over them; otherwise leave both on the default device."""
-    devices = jax.local_devices()
-    n = len(devices)
+    n = jax.local_device_count()
     if n == 1 or batch_size % n:
         return (lambda x: x), (lambda tree: tree)
-    mesh = jax.make_mesh((n,), (_DATA_AXIS,), devices=devices)
-    data = jax.sharding.NamedSharding(mesh, jax.P(_DATA_AXIS))
-    replicated = jax.sharding.NamedSharding(mesh, jax.P())
-    return (lambda x: jax.device_put(x, data)), (lambda t: jax.device_put(t, replicated))
+    mesh = local_data_mesh()
+    data, rep = batch_sharding(mesh), replicated(mesh)
+    return (lambda x: jax.device_put(x, data)), (lambda t: jax.device_put(t, rep))
 
 
 def extract_features(

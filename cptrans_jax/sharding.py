@@ -31,6 +31,15 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
     )
 
 
+def local_data_mesh() -> Mesh:
+    """A 1-D ``data`` mesh over this process's devices only: for inference (translate,
+    evaluate), where every process works through its own inputs."""
+    devices = jax.local_devices()
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, jax.P())
 

@@ -68,7 +68,13 @@ import numpy as np
 from cptrans_jax import video_io
 from cptrans_jax.metrics import _format_duration, save_png
 from cptrans_jax.models.generator import Generator
-from cptrans_jax.sharding import DATA_AXIS
+from cptrans_jax.sharding import (
+    DATA_AXIS,
+    batch_sharding,
+    local_data_mesh,
+    place_replicated,
+    replicated,
+)
 
 Params = Any
 
@@ -219,16 +225,6 @@ def load_generator(checkpoint: str | os.PathLike) -> tuple[Generator, Params, st
 # ---------------------------------------------------------------------------------- inference
 
 
-def _mesh() -> jax.sharding.Mesh:
-    devices = jax.local_devices()
-    return jax.make_mesh(
-        (len(devices),),
-        (DATA_AXIS,),
-        devices=devices,
-        axis_types=(jax.sharding.AxisType.Auto,),
-    )
-
-
 @functools.lru_cache(maxsize=8)
 def make_infer_fn(generator: Generator, mesh: jax.sharding.Mesh) -> Callable:
     """``jit((params, uint8 (B, H, W, 3)) → uint8 (B, H, W, 3))``, batch split over ``data``.
@@ -236,8 +232,7 @@ def make_infer_fn(generator: Generator, mesh: jax.sharding.Mesh) -> Callable:
     Any H, W ≥ 16: they are reflect-padded (bottom, right) up to multiples of 4 and the output
     is cropped back. Cached per (generator, mesh), so repeated calls reuse one compilation.
     """
-    rep = jax.sharding.NamedSharding(mesh, jax.P())
-    data = jax.sharding.NamedSharding(mesh, jax.P(DATA_AXIS))
+    rep, data = replicated(mesh), batch_sharding(mesh)
 
     def infer(params: Params, frames: jax.Array) -> jax.Array:
         h, w = frames.shape[1], frames.shape[2]
@@ -429,12 +424,10 @@ def translate(
     generator, params, description = load_generator(checkpoint)
     sink = _Sink(output, source, input_path, fps)
 
-    mesh = _mesh()
+    mesh = local_data_mesh()
     n_dev = mesh.shape[DATA_AXIS]
     batch = -(-batch_size // n_dev) * n_dev
     infer = make_infer_fn(generator, mesh)
-    from cptrans_jax.sharding import batch_sharding, place_replicated
-
     params = place_replicated(params, mesh)
     data = batch_sharding(mesh)
     print_fn(
