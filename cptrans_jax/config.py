@@ -10,6 +10,7 @@ objects.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -113,6 +114,10 @@ def scene_config(
     return c
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ValueError(f"config field {field}: {message}")
@@ -169,7 +174,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "is required for real data sets: the path of the ViT-B/16-384 augreg .npz or timm file",
     )
     for name in ("g_lr", "d_lr"):
-        _check(c.optim[name] > 0, f"optim.{name}", f"must be > 0, got {c.optim[name]}")
+        value = c.optim[name]
+        _check(
+            _finite_number(value) and value > 0,
+            f"optim.{name}",
+            f"must be a finite number > 0, got {value}",
+        )
+    for name, value in c.objective.items():
+        if isinstance(value, float):
+            _check(_finite_number(value), f"objective.{name}", f"must be finite, got {value}")
     for name in ("constant_epochs", "decay_epochs"):
         _check(c.optim[name] >= 0, f"optim.{name}", f"must be ≥ 0, got {c.optim[name]}")
     _check(

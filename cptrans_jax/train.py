@@ -1,14 +1,19 @@
 """Command line: ``python -m cptrans_jax.train --config configs/<set>.py[:args] --workdir DIR``.
 
 Flags are parsed here and everything else happens in :func:`cptrans_jax.trainer.train`.
-``--config.<field>=<value>`` overrides any config field; an unknown field or a bad value stops
-the run before anything is built, with a message naming the field. Several processes (a TPU pod,
-SLURM, ``launch/local_multiprocess.sh``) are joined with ``jax.distributed.initialize()`` when
-``--multiprocess`` is given; JAX reads the coordinator from the environment there.
+``--config.<field>=<value>`` overrides any config field; an unknown config file, a bad config
+argument, an unknown field or a bad value stops the run before anything is built, with one
+``error: …`` line naming it (exit status 2), as does every refused start and every failure the
+trainer reports (a busy, read-only or full work directory, an unreadable checkpoint, a failed
+save, a divergence). SIGTERM saves and exits 0; Ctrl-C (SIGINT) saves and exits 130. Several
+processes (a TPU pod, SLURM, ``launch/local_multiprocess.sh``) are joined with
+``jax.distributed.initialize()`` when ``--multiprocess`` is given; JAX reads the coordinator
+from the environment there.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -25,6 +30,82 @@ _MULTIPROCESS = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+_USAGE = (
+    "usage: python -m cptrans_jax.train --config configs/demo.py --workdir runs/demo "
+    "[--config.<field>=<value> ...]"
+)
+
+
+def _fail(message: str, *, usage: bool = False) -> None:
+    print(f"error: {message}" + (f"\n{_USAGE}" if usage else ""), file=sys.stderr)
+    sys.exit(2)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _config_file_problem(e: BaseException, argv: list[str]) -> str:
+    """What went wrong loading ``--config``: a missing file or its ``get_config`` refusing."""
+    root = _root_cause(e)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    path = (spec or "").split(":", 1)[0]
+    if isinstance(root, FileNotFoundError) or (path and not os.path.isfile(path)):
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+        known = (
+            sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+            if os.path.isdir(folder)
+            else []
+        )
+        listed = ", ".join(os.path.join(os.path.relpath(folder), n) for n in known) or "none"
+        return f"config file {path or '(none given)'} not found; the configs are: {listed}"
+    if isinstance(root, KeyError) and root.args:
+        return f"config {spec}: {_one_line(root.args[0])}"
+    return f"config {spec}: {_one_line(root)}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with one line instead of a traceback for a bad config or override."""
+    try:
+        rest = flags.FLAGS(argv)
+        if _CONFIG.value is not None:
+            _CONFIG.value.get("method")  # a config file that failed to load raises here
+        return rest
+    except flags.Error as e:
+        if "--config" in str(e) and "flag --config=" in str(e):
+            _fail(_config_file_problem(e, argv))
+        _fail(_one_line(e), usage=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # An unknown field: ml_collections raises AttributeError(KeyError(text)), the text
+        # naming the field and suggesting the nearest one.
+        key_errors = [a for a in e.args if isinstance(a, KeyError)]
+        if isinstance(e, AttributeError) and isinstance(_root_cause(e), KeyError):
+            key_errors.append(_root_cause(e))
+        if key_errors:
+            overrides = [a for a in argv[1:] if a.startswith("--config.")]
+            text = max((str(k.args[0]) if k.args else "" for k in key_errors), key=len)
+            _fail(
+                f"bad config override among {overrides}: unknown field "
+                f"{_one_line(text.replace(chr(39), '').replace(chr(10), '; '))} (the fields and their types are those "
+                "of cptrans_jax/config.py:base_config())"
+            )
+        _fail(_config_file_problem(e, argv))
+    except OSError as e:  # config_flags reports a file it could not load as IOError
+        _fail(_config_file_problem(e, argv))
+    return []  # not reached
 
 
 def main(argv: list[str]) -> None:
@@ -47,31 +128,13 @@ def main(argv: list[str]) -> None:
 
     try:
         trainer.train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, NotImplementedError, FloatingPointError) as e:
-        # Configuration, input and divergence errors are the user's to read, not tracebacks.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a one-line message instead of a traceback for a bad override."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(
-            f"error: {e}\nusage: python -m cptrans_jax.train --config configs/demo.py "
-            "--workdir runs/demo [--config.<field>=<value> ...]",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        overrides = [a for a in argv[1:] if a.startswith("--config.")]
-        print(
-            f"error: bad config override {e} among {overrides}: the fields and their types are "
-            "those of cptrans_jax/config.py:base_config()",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    except KeyboardInterrupt:
+        # The trainer saved at the end of the iteration (or had nothing new to save).
+        sys.exit(130)
+    except (ValueError, OSError, NotImplementedError, FloatingPointError) as e:
+        # Configuration, input, file-system and divergence errors are the user's to read, not
+        # tracebacks.
+        _fail(_one_line(e))
 
 
 if __name__ == "__main__":

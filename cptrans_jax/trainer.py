@@ -3,38 +3,43 @@
 :func:`train` is what ``python -m cptrans_jax.train`` runs. Every process of a multi-host job
 runs it; each loads its own rows of the global batch, which
 ``jax.make_array_from_process_local_data`` assembles on the ``data`` mesh axis. The loop resumes
-from the newest checkpoint in ``<workdir>/checkpoints`` (train state and input position), so an
-interrupted and resumed run ends where an uninterrupted one does. SIGTERM (preemption) saves a
-checkpoint at the end of the current iteration and stops cleanly.
+from the newest readable checkpoint in ``<workdir>/checkpoints`` (train state and input
+position), so an interrupted and resumed run ends where an uninterrupted one does.
 
-Work directory layout: ``config.json`` (the resolved config), ``checkpoints/<step>/``,
-``tensorboard/`` (scalars and image grids), ``samples/step_<n>.png``.
+What it guards against (README, "What survives what"): a second trainer on the same work
+directory (a lock, :mod:`cptrans_jax.workdir`); a damaged newest checkpoint (set aside, the
+next older one used); a resume with a config that changes the networks or the input stream
+(refused before anything is written; other changes are printed and recorded); SIGTERM and
+SIGINT (saved at the end of the current iteration); a non-finite loss or parameter (stopped
+within two iterations, naming the first bad step, nothing bad saved); a failed save, e.g. a full
+disk (one line naming the step, the older checkpoints kept).
+
+Work directory layout: ``trainer.lock``, ``config.json`` (this start's resolved config),
+``config_history/start_<k>.json`` (every start's config and changes), ``checkpoints/<step>/``,
+``checkpoints.unreadable/`` (damaged steps set aside), ``tensorboard/`` (scalars and image
+grids), ``samples/step_<n>.png``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from cptrans_jax import config as config_lib
-from cptrans_jax.checkpoints import Checkpointer, abstract_like
+from cptrans_jax import workdir as workdir_lib
+from cptrans_jax.checkpoints import Checkpointer, abstract_like, describe_failure
 from cptrans_jax.convert import init_vit_params, load_vit_params
 from cptrans_jax.data.source import ClipSource
-from cptrans_jax.metrics import (
-    MetricWriter,
-    ProgressLogger,
-    check_finite,
-    image_grid,
-    save_png,
-)
+from cptrans_jax.loop_guards import FiniteWatch, StopSignals, with_finite_flag
+from cptrans_jax.metrics import MetricWriter, ProgressLogger, image_grid, save_png
 from cptrans_jax.objectives import Networks
 from cptrans_jax.sharding import (
     batch_sharding,
@@ -85,28 +90,6 @@ def make_source(
     )
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks once per iteration."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. under a test runner's thread)
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def _global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
@@ -117,117 +100,178 @@ def _local_copy(tree: Any) -> Any:
     return jax.tree.map(lambda a: a.addressable_data(0), tree)
 
 
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves))
-
-
-def _write_config(c: ml_collections.ConfigDict, workdir: str) -> None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
+def json_config(c: ml_collections.ConfigDict) -> dict:
+    """The resolved config as plain JSON values (tuples → lists), as it is saved."""
+    return json.loads(json.dumps(c.to_dict(), default=str))
 
 
 def train(c: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> TrainState:
-    """Trains until ``total_steps`` (or SIGTERM) and returns the final train state."""
+    """Trains until ``total_steps`` (or SIGTERM/SIGINT) and returns the final train state.
+
+    SIGTERM saves and returns normally; SIGINT (Ctrl-C) saves and raises ``KeyboardInterrupt``.
+    Every other way out is an exception with a one-line message: ``WorkdirError``,
+    ``ConfigChangeError``, ``CheckpointMismatchError`` (refused starts, nothing written),
+    ``UnreadableCheckpointError``, ``CheckpointSaveError``, ``FloatingPointError``.
+    """
     config_lib.validate(c)
-    os.makedirs(workdir, exist_ok=True)
-    is_chief = jax.process_index() == 0
-    if is_chief:
-        _write_config(c, workdir)
+    workdir, lock = workdir_lib.claim(workdir)
+    try:
+        return _Run(c, workdir, print_fn).train()
+    finally:
+        if lock is not None:
+            lock.release()
 
-    mesh = data_mesh(c.train.num_devices or None)
-    check_global_batch(c.data.global_batch_size, mesh)
-    nets: Networks = config_lib.build_networks(c)
-    objective = config_lib.build_objective(c)
-    source = make_source(c, print_fn)
-    steps_per_epoch = source.steps_per_epoch
-    total = config_lib.total_steps(c, steps_per_epoch)
-    g_tx, d_tx, g_lr, d_lr = config_lib.build_optimizers(c, steps_per_epoch)
 
-    rep = replicated(mesh)
-    frame = (c.data.frame_size, c.data.frame_size)
-    init = jax.jit(lambda key: init_train_state(nets, g_tx, d_tx, key, frame), out_shardings=rep)
-    state = init(jax.random.key(c.train.seed))
-    if c.model.vit_weights:
-        vit_params = load_vit_params(c.model.vit_weights, nets.vit.config)
-    else:  # demo only (validate() insists on weights for real data): a fixed random ViT
-        vit_params = init_vit_params(nets.vit.config, jax.random.key(c.train.seed + 1))
-    vit_params = place_replicated(vit_params, mesh)
-    base_rng = place_replicated(jax.random.key(c.train.seed + 2), mesh)
+@dataclasses.dataclass
+class _Run:
+    """One start of training on a claimed work directory."""
 
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=c.train.checkpoint_every,
-        keep=c.train.keep_checkpoints,
-    )
-    start = checkpointer.latest_step()
-    if start is not None:
-        state, extra = checkpointer.restore(abstract_like(state, rep), start)
-        source.set_state(extra["data"])
-        print_fn(f"resumed from {workdir}/checkpoints/{start} (step {start} of {total})")
-    step_num = int(start or 0)
+    c: ml_collections.ConfigDict
+    workdir: str
+    print_fn: Callable[[str], object]
 
-    iteration = jit_iteration(
-        make_iteration(nets, objective, g_tx, d_tx, g_lr=g_lr, d_lr=d_lr), mesh
-    )
-    translate = jax.jit(nets.translate)
-    writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
-    progress = ProgressLogger(
-        total,
-        every=c.train.log_every,
-        start_step=step_num,
-        print_fn=print_fn if is_chief else (lambda *_: None),
-    )
-    sample_batch = None
+    def __post_init__(self) -> None:
+        self.is_chief = jax.process_index() == 0
+        self.say = self.print_fn if self.is_chief else (lambda *_: None)
+        self.config = json_config(self.c)
 
-    def save(step: int, metrics: Any, *, force: bool = False) -> None:
-        # Nothing non-finite is ever written: a NaN run stops before its checkpoint.
-        check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step)
-        if not bool(_all_finite((state.g_params, state.d_params))):
-            raise FloatingPointError(f"non-finite parameters after step {step}; not saved")
-        checkpointer.save(step, state, {"data": source.get_state()}, force=force)
+    def train(self) -> TrainState:
+        c = self.c
+        self.mesh = data_mesh(c.train.num_devices or None)
+        check_global_batch(c.data.global_batch_size, self.mesh)
+        self.nets: Networks = config_lib.build_networks(c)
+        objective = config_lib.build_objective(c)
+        self.source = make_source(c, self.print_fn)
+        steps_per_epoch = self.source.steps_per_epoch
+        self.total = config_lib.total_steps(c, steps_per_epoch)
+        g_tx, d_tx, g_lr, d_lr = config_lib.build_optimizers(c, steps_per_epoch)
 
-    metrics = None
-    with _Preemption() as preemption:
-        while step_num < total:
-            local = source.next_batch()
-            if sample_batch is None:
-                sample_batch = {k: v[:SAMPLE_ROWS, 0] for k, v in local.items()}
-            state, metrics = iteration(state, _global_batch(local, mesh), vit_params, base_rng)
-            step_num += 1
-            last = step_num == total
-            if step_num % c.train.log_every == 0 or last:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_finite(values, step_num)
-                progress.log(step_num, values)
-                writer.write_scalars(step_num, values)
-            if is_chief and (step_num % c.train.sample_every == 0 or last):
-                fake = np.asarray(translate(_local_copy(state.g_params), sample_batch["A"]))
-                grid = image_grid(
-                    [
-                        [a, f, b]
-                        for a, f, b in zip(sample_batch["A"], fake, sample_batch["B"], strict=True)
-                    ]
-                )
-                writer.write_images(step_num, {"samples/infrared|translation|visible": grid})
-                os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-                save_png(os.path.join(workdir, "samples", f"step_{step_num:07d}.png"), grid)
-            if preemption.requested:
-                save(step_num, metrics, force=True)
-                print_fn(f"SIGTERM: saved step {step_num}, stopping")
-                break
-            if checkpointer.should_save(step_num) or last:
-                save(step_num, metrics, force=last)
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
-    # Every process reports its copy of the replicated parameters, so a multi-process run can
-    # be checked for agreement from the logs.
-    local = jax.device_get(_local_copy((state.g_params, state.d_params)))
-    checksum = sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(local))
-    print_fn(
-        f"process {jax.process_index()}/{jax.process_count()}: finished at step {step_num}, "
-        f"parameter checksum {checksum:.10e}"
-    )
-    return state
+        rep = replicated(self.mesh)
+        frame = (c.data.frame_size, c.data.frame_size)
+        init = jax.jit(
+            lambda key: init_train_state(self.nets, g_tx, d_tx, key, frame), out_shardings=rep
+        )
+        if c.model.vit_weights:
+            vit_params = load_vit_params(c.model.vit_weights, self.nets.vit.config)
+        else:  # demo only (validate() insists on weights for real data): a fixed random ViT
+            vit_params = init_vit_params(self.nets.vit.config, jax.random.key(c.train.seed + 1))
+        self.vit_params = place_replicated(vit_params, self.mesh)
+        self.base_rng = place_replicated(jax.random.key(c.train.seed + 2), self.mesh)
+
+        self.checkpointer = Checkpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            save_every=c.train.checkpoint_every,
+            keep=c.train.keep_checkpoints,
+        )
+        self.writer = None
+        try:
+            state, start = self._restore(init, rep)
+            self.iteration = jit_iteration(
+                with_finite_flag(
+                    make_iteration(self.nets, objective, g_tx, d_tx, g_lr=g_lr, d_lr=d_lr)
+                ),
+                self.mesh,
+            )
+            self.writer = MetricWriter(
+                os.path.join(self.workdir, "tensorboard"), enabled=self.is_chief
+            )
+            state = self._loop(state, start)
+            self.checkpointer.close()
+        except BaseException:
+            # The error in flight is the one to report: a save still running is abandoned
+            # quietly rather than reported a second time.
+            with contextlib.suppress(Exception):
+                self.checkpointer.close()
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        # Every process reports its copy of the replicated parameters, so a multi-process run
+        # can be checked for agreement from the logs.
+        local = jax.device_get(_local_copy((state.g_params, state.d_params)))
+        checksum = sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(local))
+        self.print_fn(
+            f"process {jax.process_index()}/{jax.process_count()}: finished at step "
+            f"{int(state.step)}, parameter checksum {checksum:.10e}"
+        )
+        return state
+
+    def _restore(self, init: Callable, rep: jax.sharding.Sharding) -> tuple[TrainState, int]:
+        """The newest readable, acceptable checkpoint's state, else a fresh one; then this
+        start's config is recorded (only now: a refused start must leave config.json alone)."""
+        check = workdir_lib.ResumeCheck(self.config, self.workdir)
+        abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), rep)
+        restored = self.checkpointer.restore_readable(abstract, check_data=check, warn=self.say)
+        if restored is None:
+            start, state = 0, init(jax.random.key(self.c.train.seed))
+        else:
+            start, state, extra = restored
+            self.source.set_state(extra["data"])
+            self.say(
+                f"resumed from {self.workdir}/checkpoints/{start} (step {start} of {self.total})"
+            )
+            for change in check.changes:
+                self.say(f"config change since step {start}: {workdir_lib.format_change(change)}")
+        if self.is_chief:
+            workdir_lib.record_start(
+                self.workdir, self.config, start_step=start, changes=check.changes
+            )
+        return state, start
+
+    def _save(self, watch: FiniteWatch, state: TrainState, step: int, force: bool) -> None:
+        # Nothing non-finite is ever written: every step up to this one is checked first.
+        watch.check(block=True)
+        data = {"data": self.source.get_state(), "config": self.config}
+        self.checkpointer.save(step, state, data, force=force)
+
+    def _loop(self, state: TrainState, start: int) -> TrainState:
+        """The iterations from ``start`` to ``total``, or until a stop signal (then saved)."""
+        c = self.c
+        translate = jax.jit(self.nets.translate)
+        progress = ProgressLogger(
+            self.total, every=c.train.log_every, start_step=start, print_fn=self.say
+        )
+        watch = FiniteWatch()
+        sample_batch = None
+        step = start
+        with StopSignals() as stop:
+            while step < self.total and not (stop.received and step == start):
+                local = self.source.next_batch()
+                if sample_batch is None:
+                    sample_batch = {k: v[:SAMPLE_ROWS, 0] for k, v in local.items()}
+                batch = _global_batch(local, self.mesh)
+                state, metrics = self.iteration(state, batch, self.vit_params, self.base_rng)
+                step += 1
+                metrics = watch.add(step, metrics)
+                self.checkpointer.poll()
+                last = step == self.total
+                if step % c.train.log_every == 0 or last:
+                    watch.check(block=True)
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    progress.log(step, values)
+                    self.writer.write_scalars(step, values)
+                if self.is_chief and (step % c.train.sample_every == 0 or last):
+                    self._samples(translate, state, sample_batch, step)
+                if stop.received:
+                    self._save(watch, state, step, force=True)
+                    self.say(f"{stop.received}: saved step {step}, stopping")
+                    break
+                if self.checkpointer.should_save(step) or last:
+                    self._save(watch, state, step, force=last)
+            self.checkpointer.wait()
+        if stop.received == "SIGINT":
+            raise KeyboardInterrupt
+        return state
+
+    def _samples(self, translate: Callable, state: TrainState, batch: dict, step: int) -> None:
+        fake = np.asarray(translate(_local_copy(state.g_params), batch["A"]))
+        rows = zip(batch["A"], fake, batch["B"], strict=True)
+        grid = image_grid([[a, f, b] for a, f, b in rows])
+        self.writer.write_images(step, {"samples/infrared|translation|visible": grid})
+        path = os.path.join(self.workdir, "samples", f"step_{step:07d}.png")
+        try:
+            save_png(path, grid)
+        except OSError as e:
+            raise workdir_lib.WorkdirError(
+                f"writing the sample grid {path} failed: {describe_failure(e)}"
+            ) from e
