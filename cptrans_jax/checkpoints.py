@@ -47,9 +47,12 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -484,3 +487,41 @@ class _DamageError(Exception):
 
 class _RefusedError(Exception):
     """Internal: carries the caller's refusal of a checkpoint out of the damage handling."""
+
+
+class _OrbaxFailureFilter(logging.Filter):
+    """Drops Orbax's own error logs (and asyncio's echo of its failed tasks): every failure
+    they describe reaches the caller as one :class:`CheckpointSaveError` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if "orbax" in (record.pathname or ""):
+            return False
+        # asyncio's "Future/Task exception was never retrieved": the exception (often raised in
+        # TensorStore, without Python frames) and the message name Orbax's temporary paths.
+        exc = record.exc_info[1] if record.exc_info else None
+        text = "".join(traceback.format_tb(exc.__traceback__)) if exc is not None else ""
+        return "orbax" not in f"{text} {exc} {record.getMessage()}"
+
+
+def quiet_orbax_failures() -> None:
+    """For command lines: silence what Orbax's background threads print when a save fails.
+
+    A failed save (a full disk) makes Orbax log each failing thread with its traceback and
+    leaves TensorStore callbacks hitting a closed event loop ("Event loop is closed", once per
+    pending write). :class:`Checkpointer` already turns the failure into one line, so those are
+    dropped; every other log record and unraisable exception passes through unchanged.
+    """
+    flt = _OrbaxFailureFilter()
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(flt)
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

@@ -79,11 +79,13 @@ class FiniteWatch:
     def __init__(self, max_in_flight: int = 2) -> None:
         self.max_in_flight = max_in_flight
         self._pending: collections.deque[tuple[int, dict]] = collections.deque()
+        self._latest = 0
 
     def add(self, step: int, metrics: dict) -> dict:
         """Registers iteration ``step``'s metrics (with the flag); returns them without it."""
         metrics = dict(metrics)
         self._pending.append((step, metrics))
+        self._latest = step
         rest = {k: v for k, v in metrics.items() if k != FINITE_KEY}
         self.check(block=False)
         return rest
@@ -103,8 +105,14 @@ class FiniteWatch:
             if bool(jax.device_get(flag)):
                 continue
             values = jax.device_get({k: v for k, v in metrics.items() if k != FINITE_KEY})
-            check_finite({k: float(v) for k, v in values.items()}, step)  # names the terms
+            where = (
+                f" (the first non-finite step; the run had reached step {self._latest}); "
+                f"nothing from step {step} on is saved"
+            )
+            try:
+                check_finite({k: float(v) for k, v in values.items()}, step)  # names the terms
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e}{where}") from None
             raise FloatingPointError(
-                f"non-finite parameters after step {step} (every loss term finite); "
-                "nothing from this step on is saved"
+                f"non-finite parameters after step {step}, every loss term finite{where}"
             )

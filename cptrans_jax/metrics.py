@@ -13,16 +13,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+# Exceptions of tensorboardX's background writer threads, by thread (see _capture_tb_failures).
+_TB_FAILURES: dict[threading.Thread, BaseException] = {}
+_TB_HOOK_INSTALLED = False
+
+
+def _capture_tb_failures() -> None:
+    """Keeps a failed tensorboardX writer thread's exception for :class:`MetricWriter` to
+    report (instead of a thread traceback on stderr); every other thread is left alone."""
+    global _TB_HOOK_INSTALLED
+    if _TB_HOOK_INSTALLED:
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and type(args.thread).__module__.startswith("tensorboardX"):
+            _TB_FAILURES[args.thread] = args.exc_value
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _TB_HOOK_INSTALLED = True
+
 
 class MetricWriter:
-    """TensorBoard scalars and images of one run; every method is a no-op when disabled."""
+    """TensorBoard scalars and images of one run; every method is a no-op when disabled.
+
+    tensorboardX writes from a background thread; if that thread dies (a full disk), the next
+    write raises ``OSError`` with its reason rather than blocking on the thread's full queue.
+    """
 
     def __init__(self, logdir: str | os.PathLike, *, enabled: bool = True) -> None:
         self.logdir = os.fspath(logdir)
@@ -33,11 +62,28 @@ class MetricWriter:
             # for it.
             from tensorboardX import SummaryWriter
 
+            _capture_tb_failures()
             self._writer = SummaryWriter(logdir=self.logdir)
+
+    def _check_worker(self) -> None:
+        file_writer = getattr(self._writer, "file_writer", None)
+        worker = getattr(getattr(file_writer, "event_writer", None), "_worker", None)
+        if isinstance(worker, threading.Thread) and not worker.is_alive():
+            failure = _TB_FAILURES.get(worker)
+            reason = "its writer thread stopped"
+            if isinstance(failure, OSError):
+                reason = failure.strerror or str(failure)
+                if failure.errno == errno.ENOSPC:
+                    reason += " (the disk is full)"
+            elif failure is not None:
+                reason = f"{type(failure).__name__}: {failure}"
+            self._writer = None  # its queue has no reader any more: never put into it again
+            raise OSError(f"writing TensorBoard events to {self.logdir} failed: {reason}")
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if self._writer is None:
             return
+        self._check_worker()
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, float(value), global_step=int(step))
 
@@ -45,6 +91,7 @@ class MetricWriter:
         """``images``: tag → uint8 array (H, W, 3) (e.g. from ``image_grid``)."""
         if self._writer is None:
             return
+        self._check_worker()
         for tag, image in images.items():
             image = np.asarray(image)
             if image.dtype != np.uint8 or image.ndim != 3:
@@ -58,9 +105,15 @@ class MetricWriter:
             self._writer.flush()
 
     def close(self) -> None:
+        if self._writer is None:
+            return
+        # A dead writer thread would never drain the queue that close() puts into: skip it
+        # (its failure is raised by the next write, or was already).
+        with contextlib.suppress(OSError):
+            self._check_worker()
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def __enter__(self) -> MetricWriter:
         return self

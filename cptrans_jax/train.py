@@ -97,10 +97,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if key_errors:
             overrides = [a for a in argv[1:] if a.startswith("--config.")]
             text = max((str(k.args[0]) if k.args else "" for k in key_errors), key=len)
+            text = _one_line(text.replace("'", "").replace("\n", "; "))
             _fail(
-                f"bad config override among {overrides}: unknown field "
-                f"{_one_line(text.replace(chr(39), '').replace(chr(10), '; '))} (the fields and their types are those "
-                "of cptrans_jax/config.py:base_config())"
+                f"bad config override among {overrides}: unknown field {text} (the fields and "
+                "their types are those of cptrans_jax/config.py:base_config())"
             )
         _fail(_config_file_problem(e, argv))
     except OSError as e:  # config_flags reports a file it could not load as IOError
@@ -125,7 +125,9 @@ def main(argv: list[str]) -> None:
             process_id=_PROCESS_ID.value,
         )
     from cptrans_jax import trainer
+    from cptrans_jax.checkpoints import quiet_orbax_failures
 
+    quiet_orbax_failures()  # a failed save is reported in one line below
     try:
         trainer.train(_CONFIG.value, _WORKDIR.value)
     except KeyboardInterrupt:

@@ -43,6 +43,9 @@ _FROZEN_FIELDS = ("method",)
 _MOVABLE_FIELDS = ("data.data_dir", "data.read_threads", "model.vit_weights")
 
 
+_PROBE_BYTES = 16 * 1024
+
+
 class WorkdirError(ValueError):
     """The work directory cannot be used; the message is one line saying why."""
 
@@ -87,9 +90,9 @@ def prepare(workdir: str | os.PathLike) -> str:
         raise WorkdirError(f"workdir {path} is a file, not a directory; give a folder")
     try:
         os.makedirs(path, exist_ok=True)
-        # Probe with a real write: os.access says yes to root on a read-only mount's folder
-        # and knows nothing of a full disk.
-        atomic_write_bytes(os.path.join(path, ".write_probe"), b"ok\n")
+        # Probe with a real write of a few blocks: os.access says yes to root on a read-only
+        # mount's folder and knows nothing of a full disk.
+        atomic_write_bytes(os.path.join(path, ".write_probe"), b"\0" * _PROBE_BYTES)
         os.unlink(os.path.join(path, ".write_probe"))
     except OSError as e:
         raise WorkdirError(f"workdir {path} is not writable: {_describe_os_error(e)}") from e
