@@ -18,9 +18,10 @@ also read. It is a plain sequence of pickles and raw data in one file::
     pickle([key, ...])          # storage keys, in the order their data follows
     for each key: int64 LE element count, then count * element_size bytes (little-endian)
 
-Since the storage data follows the object pickle, that pickle is read twice: a dry run that only
-records each storage's type and size (so the data can be located), then the real one. The even
-older tar format (torch <= 0.1.x) is refused with a clear error.
+Such a file is read into memory whole. Since the storage data follows the object pickle, that
+pickle is unpickled twice: a dry run that only records each storage's type and size (so the data
+can be located), then the real one. The even older tar format (torch <= 0.1.x) is refused with
+a clear error.
 
 Unpickling an arbitrary pickle can execute arbitrary code, so every pickle is read with a
 restricted :class:`pickle.Unpickler` whose ``find_class`` only resolves the handful of globals a
@@ -28,6 +29,17 @@ plain tensor ``state_dict`` needs (tensor/parameter rebuild functions, typed sto
 ``collections.OrderedDict``) and maps each one to a local numpy implementation. Any other
 global (``os.system``, a model class, a TorchScript ``__torch__`` type, ...) raises
 :class:`ValueError` naming it; nothing from the checkpoint is ever imported or called.
+
+Nor can a checkpoint change how later checkpoints load. Pickle's ``BUILD`` opcode writes into
+whatever object it is given, so a shared stand-in would let one file poison every later load in
+the process; :mod:`cptrans_jax.safe_unpickle` describes the defence. In short: each pickle is
+scanned before it is loaded, and exactly the scanned bytes are unpickled (only the opcodes a
+state dict needs, so no ``INST``/``OBJ``/``NEWOBJ``; lengths, memo indices and nesting are
+bounded); every global resolves to a *fresh*, immutable stand-in per reference that refuses
+``BUILD`` and attribute writes; storage types cannot be called; the rebuild functions check
+what they are given; and ``BUILD`` is only accepted on an ``OrderedDict`` the load itself
+created (torch's ``_metadata`` attribute, which is dropped). Every refusal is a one-line
+:class:`ValueError` naming the file.
 
 Supported storage dtypes: float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8,
 bool. numpy has no native bfloat16, so **bfloat16 tensors are returned as float32**; the
@@ -40,18 +52,30 @@ Public API: :func:`load_torch_state_dict`.
 
 from __future__ import annotations
 
-import collections
 import errno
+import io
+import math
 import os
 import pickle
+import reprlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
 from typing import IO, Any
 
 import numpy as np
+
+from cptrans_jax.safe_unpickle import (
+    Frozen,
+    Function,
+    UnsafePickleError,
+    new_ordered_dict,
+    scan_pickle,
+)
 
 try:  # Optional: ml_dtypes ships with jaxlib, but this module must not depend on it.
     import ml_dtypes as _ml_dtypes
@@ -84,41 +108,85 @@ _LEGACY_PROTOCOL_VERSION = 1001
 _LEGACY_COUNT = struct.Struct("<q")
 
 _RESAVE_HINT = "re-save it with a recent torch: `torch.save(torch.load(p), p2)`"
+_ONLY_STATE_DICTS = "only plain tensor state dicts are supported"
+
+# data.pkl is read into memory to be scanned; a state dict's pickle is a few MB at most.
+_MAX_PICKLE_BYTES = 1 << 30
+# A tensor may expand its storage (stride 0) only up to this size once copied.
+_MAX_EXPANDED_BYTES = 1 << 30
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    """Stand-in for ``torch.<X>Storage`` classes: only their element dtype matters here."""
+class _BriefRepr(reprlib.Repr):
+    """For error messages about values read from a pickle: bounded in length and depth."""
 
-    name: str
-    dtype: np.dtype
-    # bfloat16 is read as raw uint16 bits and widened to float32 per tensor.
-    is_bfloat16: bool = False
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 80
+        self.maxlevel = 3
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        if isinstance(x, (Frozen, bool, float, bytes, type(None))):
+            return super().repr_instance(x, level)
+        return f"<{type(x).__name__}>"  # e.g. a dict subclass, whose repr could be huge
 
 
-@dataclass(frozen=True)
-class _Storage:
+_brief = _BriefRepr()
+
+
+class _CheckpointError(ValueError):
+    """A ValueError whose message already names the file (the rest get the path prepended)."""
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class _StorageType(Frozen):
+    """Stand-in for a ``torch.<X>Storage`` class: only its element dtype matters here."""
+
+    __slots__ = ("name", "dtype", "is_bfloat16")
+
+    def __init__(self, label: str, name: str, dtype: str, is_bfloat16: bool = False) -> None:
+        super().__init__(label)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(dtype))
+        # bfloat16 is read as raw uint16 bits and widened to float32 per tensor.
+        object.__setattr__(self, "is_bfloat16", is_bfloat16)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _StorageType) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class _Storage(Frozen):
     """A loaded storage record: a flat, read-only array of ``numel`` elements."""
 
-    type: _StorageType
-    data: np.ndarray
+    __slots__ = ("type", "data")
+
+    def __init__(self, storage_type: _StorageType, data: np.ndarray) -> None:
+        super().__init__(f"storage of {storage_type.name}")
+        object.__setattr__(self, "type", storage_type)
+        object.__setattr__(self, "data", data)
 
 
-_STORAGE_TYPES: dict[str, _StorageType] = {
-    t.name: t
-    for t in (
-        _StorageType("FloatStorage", np.dtype(np.float32)),
-        _StorageType("DoubleStorage", np.dtype(np.float64)),
-        _StorageType("HalfStorage", np.dtype(np.float16)),
-        _StorageType("BFloat16Storage", np.dtype(np.uint16), is_bfloat16=True),
-        _StorageType("LongStorage", np.dtype(np.int64)),
-        _StorageType("IntStorage", np.dtype(np.int32)),
-        _StorageType("ShortStorage", np.dtype(np.int16)),
-        _StorageType("CharStorage", np.dtype(np.int8)),
-        _StorageType("ByteStorage", np.dtype(np.uint8)),
-        _StorageType("BoolStorage", np.dtype(np.bool_)),
-    )
-}
+# name -> (numpy dtype, is bfloat16). Stand-ins are built from these per reference, so no load
+# can change what the next one sees.
+_STORAGE_SPECS: Mapping[str, tuple[str, bool]] = MappingProxyType(
+    {
+        "FloatStorage": ("float32", False),
+        "DoubleStorage": ("float64", False),
+        "HalfStorage": ("float16", False),
+        "BFloat16Storage": ("uint16", True),
+        "LongStorage": ("int64", False),
+        "IntStorage": ("int32", False),
+        "ShortStorage": ("int16", False),
+        "CharStorage": ("int8", False),
+        "ByteStorage": ("uint8", False),
+        "BoolStorage": ("bool", False),
+    }
+)
 
 
 def _bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -143,6 +211,10 @@ def _rebuild_tensor_v2(
     del requires_grad, backward_hooks, metadata  # meaningless without torch
     if not isinstance(storage, _Storage):
         raise ValueError(f"tensor rebuild got {type(storage).__name__}, expected a storage")
+    if not all(isinstance(v, (tuple, list)) for v in (size, stride)):
+        raise ValueError(
+            f"invalid tensor geometry: size={_brief.repr(size)}, stride={_brief.repr(stride)}"
+        )
     size = tuple(int(n) for n in size)
     stride = tuple(int(s) for s in stride)
     storage_offset = int(storage_offset)
@@ -152,6 +224,12 @@ def _rebuild_tensor_v2(
     if storage_offset < 0:
         raise ValueError(f"invalid tensor storage offset {storage_offset}")
 
+    numel = math.prod(size)
+    if numel > flat.size and numel * flat.itemsize > _MAX_EXPANDED_BYTES:
+        raise ValueError(
+            f"refusing tensor of size {size}: it expands its storage of {flat.size} elements "
+            f"past {_MAX_EXPANDED_BYTES} bytes"
+        )
     if 0 in size:
         out = np.empty(size, dtype=flat.dtype)
     else:
@@ -187,11 +265,30 @@ def _rebuild_tensor(
     return _rebuild_tensor_v2(storage, storage_offset, size, stride)
 
 
+class _DryTensor(Frozen):
+    """A tensor in the legacy format's dry run, before its storage's bytes have been read."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("tensor (legacy dry run)")
+
+
+def _dry_rebuild_tensor(*args: Any) -> _DryTensor:
+    """Stand-in for the tensor rebuild functions while storage data is not yet available."""
+    del args
+    return _DryTensor()
+
+
 def _rebuild_parameter(
     data: np.ndarray, requires_grad: bool = False, backward_hooks: Any = None
 ) -> np.ndarray:
     """``torch._utils._rebuild_parameter``: a Parameter is just its data here."""
     del requires_grad, backward_hooks
+    if not isinstance(data, (np.ndarray, _DryTensor)):
+        raise UnsafePickleError(
+            f"refusing a parameter made of {_brief.repr(data)}, not a tensor (pickle REDUCE)"
+        )
     return data
 
 
@@ -199,72 +296,117 @@ def _rebuild_parameter_with_state(
     data: np.ndarray, requires_grad: bool, backward_hooks: Any, state: Any
 ) -> np.ndarray:
     """``torch._utils._rebuild_parameter_with_state``: Python attributes on it are dropped."""
-    del requires_grad, backward_hooks, state
-    return data
+    del state
+    return _rebuild_parameter(data, requires_grad, backward_hooks)
 
 
 def _get_layout(name: str) -> str:
     """``torch.serialization._get_layout``: layouts are only ever echoed back, keep the name."""
-    return str(name)
+    if not isinstance(name, str):
+        raise ValueError(f"invalid tensor layout {_brief.repr(name)}")
+    return name
 
 
-# The complete set of globals a checkpoint may reference. Everything here is a local, side-effect
-# free stand-in; nothing is imported from the names the pickle supplies.
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("torch.serialization", "_get_layout"): _get_layout,
-    ("torch", "strided"): "torch.strided",
-    **{("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
+def _globals_table(*, dry_run: bool) -> Mapping[tuple[str, str], Callable[[], Any]]:
+    """The complete set of globals a checkpoint may reference, each mapped to a factory.
+
+    ``find_class`` calls the factory, so every reference gets a new local, side-effect free
+    stand-in (see :mod:`cptrans_jax.safe_unpickle`); nothing is imported from the names the
+    pickle supplies. In the legacy format's dry run tensors are not built.
+    """
+    table: dict[tuple[str, str], Callable[[], Any]] = {
+        ("collections", "OrderedDict"): partial(
+            Function, "collections.OrderedDict", new_ordered_dict
+        ),
+        ("torch", "strided"): partial(Frozen, "torch.strided"),
+    }
+    # The local functions carry torch's names.
+    for module, func in [
+        ("torch._utils", _rebuild_tensor_v2),
+        ("torch._utils", _rebuild_tensor),
+        ("torch._utils", _rebuild_parameter),
+        ("torch._utils", _rebuild_parameter_with_state),
+        ("torch.serialization", _get_layout),
+    ]:
+        run = (
+            _dry_rebuild_tensor
+            if dry_run and func in (_rebuild_tensor_v2, _rebuild_tensor)
+            else func
+        )
+        table[(module, func.__name__)] = partial(Function, f"{module}.{func.__name__}", run)
     # Old legacy files may name the CUDA storage classes; the device does not matter here.
-    **{("torch.cuda", name): storage_type for name, storage_type in _STORAGE_TYPES.items()},
-}
+    for module in ("torch", "torch.cuda"):
+        for name, (dtype, is_bfloat16) in _STORAGE_SPECS.items():
+            label = f"{module}.{name}"
+            table[(module, name)] = partial(_StorageType, label, name, dtype, is_bfloat16)
+    return MappingProxyType(table)
 
 
-def _dry_rebuild_tensor(*args: Any) -> None:
-    """Stand-in for the tensor rebuild functions while storage data is not yet available."""
-    del args
-
-
+_SAFE_GLOBALS = _globals_table(dry_run=False)
 # Globals for the legacy format's first (dry) pass over the object pickle: same allow-list, but
 # tensors are not built, since their storages' bytes only come after the pickle.
-_DRY_RUN_GLOBALS: dict[tuple[str, str], Any] = {
-    **_SAFE_GLOBALS,
-    ("torch._utils", "_rebuild_tensor_v2"): _dry_rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _dry_rebuild_tensor,
-}
+_DRY_RUN_GLOBALS = _globals_table(dry_run=True)
+
+
+def _check_global(path: str, module: str, name: str) -> None:
+    if (module, name) in _SAFE_GLOBALS:
+        return
+    hint = ""
+    if module.startswith("__torch__"):
+        hint = (
+            " (this looks like a TorchScript archive from torch.jit.save; "
+            "save model.state_dict() with torch.save instead)"
+        )
+    raise _CheckpointError(
+        _one_line(
+            f"{path}: refusing to load global '{module:.100}.{name:.100}' from the "
+            f"checkpoint; {_ONLY_STATE_DICTS}{hint}"
+        )
+    )
+
+
+def _scan(data: bytes, start: int, path: str) -> bytes:
+    """Check the pickle at ``data[start:]`` and return exactly its bytes, for unpickling.
+
+    See :func:`cptrans_jax.safe_unpickle.scan_pickle`.
+    """
+    try:
+        end = scan_pickle(data, start, check_global=partial(_check_global, path))
+    except UnsafePickleError as exc:
+        raise _CheckpointError(_one_line(f"{path}: {exc}; {_ONLY_STATE_DICTS}")) from None
+    return data[start:end]
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals in ``self._globals`` and no persistent ids."""
+    """Unpickler that resolves only the globals in ``self._globals`` and no persistent ids.
 
-    _globals: Mapping[tuple[str, str], Any] = _SAFE_GLOBALS
+    ``data`` is a pickle :func:`_scan` returned. Refusals and the stand-ins' errors come out
+    of :meth:`load` as one-line ValueErrors naming the file.
+    """
 
-    def __init__(self, file: IO[bytes], *, path: str) -> None:
-        super().__init__(file)
+    _globals: Mapping[tuple[str, str], Callable[[], Any]] = _SAFE_GLOBALS
+
+    def __init__(self, data: bytes, *, path: str) -> None:
+        super().__init__(io.BytesIO(data))
         self._path = path
 
-    def find_class(self, module: str, name: str) -> Any:
+    def load(self) -> Any:
         try:
-            return self._globals[(module, name)]
-        except KeyError:
-            pass
-        hint = ""
-        if module.startswith("__torch__"):
-            hint = (
-                " (this looks like a TorchScript archive from torch.jit.save; "
-                "save model.state_dict() with torch.save instead)"
-            )
-        raise ValueError(
-            f"{self._path}: refusing to load global '{module}.{name}' from the checkpoint; "
-            f"only plain tensor state dicts are supported{hint}"
-        )
+            return super().load()
+        except _CheckpointError:
+            raise
+        except UnsafePickleError as exc:
+            message = f"{self._path}: {exc}; {_ONLY_STATE_DICTS}"
+        except ValueError as exc:  # from a stand-in (bad tensor geometry, ...) or numpy
+            message = f"{self._path}: {exc}"
+        raise _CheckpointError(_one_line(message)) from None
+
+    def find_class(self, module: str, name: str) -> Any:
+        _check_global(self._path, module, name)
+        return self._globals[(module, name)]()
 
     def persistent_load(self, pid: Any) -> Any:
-        raise ValueError(f"{self._path}: unexpected persistent id {pid!r:.200}")
+        raise ValueError(f"unexpected persistent id {_brief.repr(pid)}")
 
 
 class _RestrictedUnpickler(_SafeUnpickler):
@@ -277,26 +419,28 @@ class _RestrictedUnpickler(_SafeUnpickler):
 
     def __init__(
         self,
-        file: IO[bytes],
+        data: bytes,
         *,
         archive: zipfile.ZipFile,
         prefix: str,
         byteorder: str,
         path: str,
     ) -> None:
-        super().__init__(file, path=path)
+        super().__init__(data, path=path)
         self._archive = archive
         self._prefix = prefix
         self._byteorder = byteorder
         self._storages: dict[str, _Storage] = {}
 
     def persistent_load(self, pid: Any) -> _Storage:
+        # Messages name no file: load() prepends the path.
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise ValueError(f"{self._path}: unsupported persistent id {pid!r:.200}")
+            raise ValueError(f"unsupported persistent id {_brief.repr(pid)}")
         _, storage_type, key, _location, numel = pid
+        key = _storage_key(key)
         if not isinstance(storage_type, _StorageType):
-            raise ValueError(f"{self._path}: storage {key!r} has unsupported type {storage_type!r}")
-        key = str(key)
+            raise ValueError(f"storage {key!r} has unsupported type {_brief.repr(storage_type)}")
+        numel = _as_int(numel, "storage size")
         if key in self._storages:
             return self._storages[key]
 
@@ -304,13 +448,12 @@ class _RestrictedUnpickler(_SafeUnpickler):
         try:
             raw = self._archive.read(record)
         except KeyError:
-            raise ValueError(f"{self._path}: storage record '{record}' is missing") from None
+            raise ValueError(f"storage record '{record}' is missing") from None
         dtype = storage_type.dtype.newbyteorder("<" if self._byteorder == "little" else ">")
-        numel = int(numel)
         nbytes = numel * dtype.itemsize
-        if numel < 0 or len(raw) < nbytes:
+        if len(raw) < nbytes:
             raise ValueError(
-                f"{self._path}: storage record '{record}' holds {len(raw)} bytes, "
+                f"storage record '{record}' holds {len(raw)} bytes, "
                 f"expected {nbytes} ({numel} x {storage_type.name})"
             )
         data = np.frombuffer(raw, dtype=dtype, count=numel)
@@ -329,32 +472,40 @@ class _LegacyStorageRef:
     view: tuple[str, int, int] | None
 
 
-def _as_int(value: Any, what: str, path: str) -> int:
+def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{path}: invalid {what} {value!r:.100} in legacy checkpoint")
+        raise ValueError(f"invalid {what} {_brief.repr(value)}")
     return value
 
 
-def _parse_legacy_pid(pid: Any, path: str) -> _LegacyStorageRef:
+def _storage_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise ValueError(f"invalid storage key {_brief.repr(key)}")
+    return key
+
+
+def _parse_legacy_pid(pid: Any) -> _LegacyStorageRef:
     if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
-        raise ValueError(f"{path}: unsupported persistent id {pid!r:.200}")
+        raise ValueError(f"unsupported persistent id {_brief.repr(pid)}")
     _, storage_type, key, _location, numel, view = pid
+    key = _storage_key(key)
     if not isinstance(storage_type, _StorageType):
-        raise ValueError(f"{path}: storage {key!r} has unsupported type {storage_type!r}")
-    numel = _as_int(numel, "storage size", path)
+        raise ValueError(f"storage {key!r} has unsupported type {_brief.repr(storage_type)}")
+    numel = _as_int(numel, "storage size")
     if view is not None:
         if not (isinstance(view, tuple) and len(view) == 3):
-            raise ValueError(f"{path}: invalid storage view {view!r:.200}")
+            raise ValueError(f"invalid storage view {_brief.repr(view)}")
         view_key, offset, view_numel = view
-        offset = _as_int(offset, "storage view offset", path)
-        view_numel = _as_int(view_numel, "storage view size", path)
+        view_key = _storage_key(view_key)
+        offset = _as_int(offset, "storage view offset")
+        view_numel = _as_int(view_numel, "storage view size")
         if offset + view_numel > numel:
             raise ValueError(
-                f"{path}: storage view [{offset}, {offset + view_numel}) reaches past its "
+                f"storage view [{offset}, {offset + view_numel}) reaches past its "
                 f"storage of {numel} elements"
             )
-        view = (str(view_key), offset, view_numel)
-    return _LegacyStorageRef(storage_type, str(key), numel, view)
+        view = (view_key, offset, view_numel)
+    return _LegacyStorageRef(storage_type, key, numel, view)
 
 
 class _LegacyUnpickler(_SafeUnpickler):
@@ -365,10 +516,8 @@ class _LegacyUnpickler(_SafeUnpickler):
     them) are served from ``storages``, keyed as in the file.
     """
 
-    def __init__(
-        self, file: IO[bytes], *, path: str, storages: Mapping[str, _Storage] | None
-    ) -> None:
-        super().__init__(file, path=path)
+    def __init__(self, data: bytes, *, path: str, storages: Mapping[str, _Storage] | None) -> None:
+        super().__init__(data, path=path)
         self._storages = storages
         if storages is None:
             self._globals = _DRY_RUN_GLOBALS
@@ -376,11 +525,11 @@ class _LegacyUnpickler(_SafeUnpickler):
         self._views: dict[str, _Storage] = {}
 
     def persistent_load(self, pid: Any) -> _Storage | None:
-        ref = _parse_legacy_pid(pid, self._path)
+        ref = _parse_legacy_pid(pid)
         seen = self.records.setdefault(ref.key, (ref.type, ref.numel))
         if seen != (ref.type, ref.numel):
             raise ValueError(
-                f"{self._path}: storage {ref.key!r} is referenced as both "
+                f"storage {ref.key!r} is referenced as both "
                 f"{seen[1]} x {seen[0].name} and {ref.numel} x {ref.type.name}"
             )
         if self._storages is None:
@@ -395,47 +544,58 @@ class _LegacyUnpickler(_SafeUnpickler):
 
 
 def _read_legacy_storages(
-    file: IO[bytes], records: Mapping[str, tuple[_StorageType, int]], keys: list[str], path: str
+    data: bytes,
+    pos: int,
+    records: Mapping[str, tuple[_StorageType, int]],
+    keys: list[str],
+    path: str,
 ) -> dict[str, _Storage]:
-    """Read the raw storages that follow the key list, in the key list's order."""
+    """Read the raw storages at ``data[pos:]``, which follow the key list, in its order."""
     if set(keys) != set(records) or len(set(keys)) != len(keys):
         raise ValueError(
             f"{path}: legacy checkpoint's storage list ({len(keys)} keys) does not match the "
             f"{len(records)} storages its tensors use"
         )
-    file_size = os.fstat(file.fileno()).st_size
     storages: dict[str, _Storage] = {}
     for key in keys:
         storage_type, numel = records[key]
-        header = file.read(_LEGACY_COUNT.size)
-        if len(header) != _LEGACY_COUNT.size:
+        if len(data) - pos < _LEGACY_COUNT.size:
             raise ValueError(f"{path}: truncated legacy checkpoint (storage {key!r} is missing)")
-        (count,) = _LEGACY_COUNT.unpack(header)
+        (count,) = _LEGACY_COUNT.unpack_from(data, pos)
+        pos += _LEGACY_COUNT.size
         if count != numel:
             raise ValueError(
                 f"{path}: storage {key!r} holds {count} elements, expected {numel} "
                 f"({storage_type.name})"
             )
         nbytes = numel * storage_type.dtype.itemsize
-        # Check before reading so a corrupt size cannot trigger a huge allocation.
-        if nbytes > file_size - file.tell():
+        if nbytes > len(data) - pos:
             raise ValueError(
                 f"{path}: truncated legacy checkpoint (storage {key!r} needs {nbytes} bytes, "
-                f"{max(file_size - file.tell(), 0)} left)"
+                f"{len(data) - pos} left)"
             )
-        raw = file.read(nbytes)
-        if len(raw) != nbytes:
-            raise ValueError(f"{path}: truncated legacy checkpoint (storage {key!r})")
-        data = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"), count=numel)
-        storages[key] = _Storage(storage_type, data)
+        dtype = storage_type.dtype.newbyteorder("<")
+        array = np.frombuffer(data, dtype=dtype, count=numel, offset=pos)  # a view, no copy
+        storages[key] = _Storage(storage_type, array)
+        pos += nbytes
     return storages
 
 
 def _load_legacy(file: IO[bytes], path: str) -> Any:
     """Load a legacy (non-zip, torch < 1.6 style) checkpoint; see the module docstring."""
+    # Read whole: the storages would be read anyway, and in memory every pickle can be scanned
+    # and then unpickled from exactly the bytes that were scanned.
+    data = file.read()
+    pos = 0
+
+    def next_pickle() -> bytes:
+        nonlocal pos
+        pickled = _scan(data, pos, path)
+        pos += len(pickled)
+        return pickled
 
     def load_plain() -> Any:
-        return _SafeUnpickler(file, path=path).load()
+        return _SafeUnpickler(next_pickle(), path=path).load()
 
     corrupt = (
         EOFError,
@@ -447,31 +607,33 @@ def _load_legacy(file: IO[bytes], path: str) -> Any:
         IndexError,
         KeyError,
         OverflowError,
+        RecursionError,
     )
     try:
         magic = load_plain()
-        if magic != _LEGACY_MAGIC_NUMBER:
+        if type(magic) is not int or magic != _LEGACY_MAGIC_NUMBER:
             raise ValueError(
                 f"{path}: not a PyTorch checkpoint: a pickle, but neither a zip checkpoint "
                 "(torch.save, torch >= 1.6) nor a legacy one (no torch magic number)"
             )
         version = load_plain()
-        if version != _LEGACY_PROTOCOL_VERSION:
+        if type(version) is not int or version != _LEGACY_PROTOCOL_VERSION:
             raise ValueError(
-                f"{path}: unsupported legacy PyTorch checkpoint protocol version {version!r:.50}"
+                f"{path}: unsupported legacy PyTorch checkpoint protocol version "
+                f"{_brief.repr(version)}"
             )
         load_plain()  # sys_info: byte order and C type sizes; the data is little-endian anyway
 
-        start = file.tell()
-        dry_run = _LegacyUnpickler(file, path=path, storages=None)
+        # Scanned once; both passes read the same bytes.
+        pickled = next_pickle()
+        dry_run = _LegacyUnpickler(pickled, path=path, storages=None)
         dry_run.load()
         keys = load_plain()
-        if not isinstance(keys, list):
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
             raise ValueError(f"{path}: corrupt legacy checkpoint (bad storage key list)")
-        storages = _read_legacy_storages(file, dry_run.records, [str(k) for k in keys], path)
+        storages = _read_legacy_storages(data, pos, dry_run.records, keys, path)
 
-        file.seek(start)
-        return _LegacyUnpickler(file, path=path, storages=storages).load()
+        return _LegacyUnpickler(pickled, path=path, storages=storages).load()
     except ValueError:
         raise
     except corrupt as exc:
@@ -530,6 +692,7 @@ def _load_pickled_object(file: IO[bytes], path: str) -> Any:
         AttributeError,
         IndexError,
         KeyError,
+        RecursionError,
     )
     with archive:
         try:
@@ -539,11 +702,17 @@ def _load_pickled_object(file: IO[bytes], path: str) -> Any:
                 byteorder = archive.read(f"{prefix}byteorder").decode("ascii", "replace")
                 if byteorder not in ("little", "big"):
                     raise ValueError(f"{path}: unknown byteorder record {byteorder!r}")
-            with archive.open(f"{prefix}data.pkl") as pkl:
-                unpickler = _RestrictedUnpickler(
-                    pkl, archive=archive, prefix=prefix, byteorder=byteorder, path=path
+            info = archive.getinfo(f"{prefix}data.pkl")
+            if info.file_size > _MAX_PICKLE_BYTES:
+                raise ValueError(
+                    f"{path}: refusing a {info.file_size}-byte data.pkl (more than "
+                    f"{_MAX_PICKLE_BYTES}); {_ONLY_STATE_DICTS}"
                 )
-                return unpickler.load()
+            data = _scan(archive.read(info), 0, path)
+            unpickler = _RestrictedUnpickler(
+                data, archive=archive, prefix=prefix, byteorder=byteorder, path=path
+            )
+            return unpickler.load()
         except ValueError:
             raise
         except corrupt as exc:
@@ -572,7 +741,7 @@ def _extract_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
         )
         if inner is None or inner is obj:
             if obj:
-                keys = ", ".join(repr(k) for k in list(obj)[:10])
+                keys = ", ".join(_brief.repr(k) for k in list(obj)[:10])
                 raise ValueError(
                     f"{path}: no tensors found at the top level or under any of "
                     f"{list(_WRAPPER_KEYS)}; top-level keys: {keys}"

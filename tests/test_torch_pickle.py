@@ -7,10 +7,13 @@ with ``tensor.numpy()``; malformed inputs are built by hand and must raise clear
 from __future__ import annotations
 
 import collections
+import functools
+import inspect
 import io
 import pickle
 import tarfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -233,11 +236,16 @@ def test_saved_to_buffer(tmp_path: Path) -> None:
 
 
 def _torch_like_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = None) -> Path:
+    """A zip laid out as torch.save writes one (to a buffer, hence the folder name)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/.format_version", "1")
+        zf.writestr("archive/.storage_alignment", "64")
         zf.writestr("archive/byteorder", "little")
         for name, payload in (records or {}).items():
             zf.writestr(f"archive/{name}", payload)
+        zf.writestr("archive/version", "3\n")
+        zf.writestr("archive/.data/serialization_id", "0" * 40)
     return path
 
 
@@ -495,3 +503,392 @@ def test_self_referencing_wrapper_terminates(tmp_path: Path) -> None:
     ckpt["state_dict"] = ckpt
     with pytest.raises(ValueError, match="no tensors found|nested deeper"):
         load_torch_state_dict(_save(ckpt, tmp_path / "cycle.pt"))
+
+
+# Hostile pickles. pickle's BUILD opcode writes into whatever object it is given, so a loader that
+# hands a pickle a shared object (a storage-type stand-in, a rebuild function) lets one file
+# change how every later file in the process loads. Each hostile file below must be refused with
+# a one-line ValueError naming it, and must leave the loader exactly as it was: legitimate
+# bf16/f16/f32 checkpoints load bit-identically before and after it, in the same process.
+
+_STORAGE_NAMES = (
+    "FloatStorage",
+    "DoubleStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "LongStorage",
+    "IntStorage",
+    "ShortStorage",
+    "CharStorage",
+    "ByteStorage",
+    "BoolStorage",
+)
+_STORAGE_CLASSES = tuple((m, n) for m in ("torch", "torch.cuda") for n in _STORAGE_NAMES)
+_FUNCTIONS = (
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch.serialization", "_get_layout"),
+)
+_ORDERED_DICT = ("collections", "OrderedDict")
+_ALLOWED_GLOBALS = (*_STORAGE_CLASSES, *_FUNCTIONS, _ORDERED_DICT, ("torch", "strided"))
+
+# The report's file: BUILD {"is_bfloat16": False} on the shared BFloat16Storage stand-in, which
+# made every later bfloat16 checkpoint load as raw uint16 bits.
+_ISSUE_PAYLOAD = b"\x80\x02ctorch\nBFloat16Storage\n}X\x0b\x00\x00\x00is_bfloat16\x89sb0}."
+
+_PROTO2 = b"\x80\x02"
+_RETURN_EMPTY = b"0}."  # POP what was attacked and return {}: a load that gets here "succeeds"
+_FALSE = b"\x89"
+_EMPTY_TUPLE = b")"
+
+
+def _glob(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def _attrs(**items: bytes) -> bytes:
+    """A pickled dict {name: value}; values are pickle fragments."""
+    return b"}" + b"".join(_text(k) + v + b"s" for k, v in items.items())
+
+
+def _build(target: bytes, state: bytes) -> bytes:
+    return _PROTO2 + target + state + b"b" + _RETURN_EMPTY
+
+
+def _slots(**items: bytes) -> bytes:
+    """BUILD state (None, {name: value}): pickle setattr()s each item."""
+    return b"N" + _attrs(**items) + b"\x86"
+
+
+def _label(module_name: tuple[str, str]) -> str:
+    return ".".join(module_name)
+
+
+def _slot_attack(target: tuple[str, str]) -> dict[str, bytes]:
+    if target in _FUNCTIONS:
+        return {"__defaults__": _EMPTY_TUPLE}  # breaks every later call that relies on them
+    return {"is_bfloat16": _FALSE, "__doc__": _text("x")}
+
+
+def _refused_payloads() -> list:
+    cases = [pytest.param(_ISSUE_PAYLOAD, id="issue-report")]
+    for target in _ALLOWED_GLOBALS:
+        cases.append(
+            pytest.param(
+                _build(_glob(*target), _attrs(is_bfloat16=_FALSE, __defaults__=_EMPTY_TUPLE)),
+                id=f"build-dict-{_label(target)}",
+            )
+        )
+        cases.append(
+            pytest.param(
+                _build(_glob(*target), _slots(**_slot_attack(target))),
+                id=f"build-slots-{_label(target)}",
+            )
+        )
+    utils = "torch._utils"
+    layout = _glob("torch.serialization", "_get_layout")
+    for attr, value in [
+        ("__code__", layout),
+        ("__kwdefaults__", _attrs(metadata=b"N")),
+        ("__dict__", b"}"),
+        ("__class__", _glob(*_ORDERED_DICT)),
+    ]:
+        cases.append(
+            pytest.param(
+                _build(_glob(utils, "_rebuild_tensor_v2"), _slots(**{attr: value})),
+                id=f"build-slots-_rebuild_tensor_v2.{attr}",
+            )
+        )
+    cases.append(
+        pytest.param(
+            _build(_glob("torch", "FloatStorage"), _slots(__class__=_glob(*_ORDERED_DICT))),
+            id="build-slots-FloatStorage.__class__",
+        )
+    )
+    # Instantiating the allow-listed classes (and a function) with the other opcodes.
+    for module, name in [
+        ("torch", "FloatStorage"),
+        ("torch", "BFloat16Storage"),
+        ("torch.cuda", "HalfStorage"),
+        _ORDERED_DICT,
+        (utils, "_rebuild_parameter"),
+    ]:
+        for opcode, payload in [
+            ("INST", _PROTO2 + b"(i" + f"{module}\n{name}\n".encode()),
+            ("OBJ", _PROTO2 + b"(" + _glob(module, name) + b"o"),
+            ("NEWOBJ", _PROTO2 + _glob(module, name) + b")\x81"),
+            ("NEWOBJ_EX", b"\x80\x04" + _glob(module, name) + b")}\x92"),
+        ]:
+            cases.append(pytest.param(payload + _RETURN_EMPTY, id=f"{opcode}-{module}.{name}"))
+    for name in ("FloatStorage", "BFloat16Storage"):
+        cases.append(
+            pytest.param(_PROTO2 + _glob("torch", name) + b")R" + _RETURN_EMPTY, id=f"call-{name}")
+        )
+    cases += [
+        pytest.param(
+            _PROTO2 + _glob("torch.cuda", "LongStorage") + b"(K\x04tR" + _RETURN_EMPTY,
+            id="call-cuda.LongStorage-with-size",
+        ),
+        # A rebuild function that passes its argument through hands back the shared object.
+        pytest.param(
+            _PROTO2
+            + _glob(utils, "_rebuild_parameter")
+            + _glob("torch", "BFloat16Storage")
+            + b"\x85R"
+            + _attrs(is_bfloat16=_FALSE)
+            + b"b"
+            + _RETURN_EMPTY,
+            id="build-on-storage-returned-by-_rebuild_parameter",
+        ),
+        pytest.param(
+            _PROTO2
+            + _glob(utils, "_rebuild_parameter_with_state")
+            + b"("
+            + _glob("torch", "HalfStorage")
+            + _FALSE
+            + b"N}tR"
+            + _attrs(is_bfloat16=b"\x88")  # float16 files would decode as bfloat16
+            + b"b"
+            + _RETURN_EMPTY,
+            id="build-on-storage-returned-by-_rebuild_parameter_with_state",
+        ),
+        # An OrderedDict the load made may only get a plain attribute dict (torch's _metadata).
+        pytest.param(
+            _build(_glob(*_ORDERED_DICT) + b")R", _slots(__class__=_glob("torch", "IntStorage"))),
+            id="build-slots-on-OrderedDict-instance",
+        ),
+        pytest.param(
+            _build(_glob(*_ORDERED_DICT) + b")R", b"}K\x01K\x02s"),
+            id="build-non-str-attribute-on-OrderedDict-instance",
+        ),
+        pytest.param(
+            _PROTO2 + _glob(*_ORDERED_DICT) + b"(]tR" + _RETURN_EMPTY,
+            id="OrderedDict-called-with-arguments",
+        ),
+        # Opcodes torch never writes: the copyreg extension registry and text persistent ids.
+        pytest.param(_PROTO2 + b"\x82\x01" + _RETURN_EMPTY, id="EXT1"),
+        pytest.param(_PROTO2 + b"P0\n" + _RETURN_EMPTY, id="PERSID"),
+        # A dict keyed by a deeply nested tuple (10**6 levels crash CPython when hashed).
+        pytest.param(_PROTO2 + b"}N" + b"\x85" * 300 + b"Ns.", id="nested-300-deep"),
+        # The C unpickler sizes its memo by the largest index: 2**32 entries of 8 bytes.
+        pytest.param(_PROTO2 + b"Nr\xff\xff\xff\xff" + _RETURN_EMPTY, id="memo-index-2**32"),
+    ]
+    return cases
+
+
+def _storage_pid(numel: int) -> bytes:
+    """Persistent id of FloatStorage record '0' of ``numel`` elements, as torch writes it."""
+    return (
+        b"("
+        + _text("storage")
+        + _glob("torch", "FloatStorage")
+        + _text("0")
+        + _text("cpu")
+        + b"J"
+        + numel.to_bytes(4, "little")
+        + b"tQ"
+    )
+
+
+def _tensor_call(size: tuple[int, ...], stride: tuple[int, ...], numel: int) -> bytes:
+    """``_rebuild_tensor_v2`` over :func:`_storage_pid`."""
+
+    def ints(values: tuple[int, ...]) -> bytes:
+        return b"(" + b"".join(b"J" + v.to_bytes(4, "little", signed=True) for v in values) + b"t"
+
+    return (
+        _glob("torch._utils", "_rebuild_tensor_v2")
+        + b"("
+        + _storage_pid(numel)
+        + b"K\x00"
+        + ints(size)
+        + ints(stride)
+        + _FALSE
+        + _glob(*_ORDERED_DICT)
+        + b")RtR"
+    )
+
+
+# Hostile or broken in other ways: refused as corrupt rather than "refusing ...", but still one
+# ValueError naming the file (the old loader raised MemoryError for the first two).
+_MALFORMED_PAYLOADS = [
+    pytest.param(b"\x80\x04\x8e" + (2**50).to_bytes(8, "little") + b"abc", id="bytes8-2**50"),
+    pytest.param(b"\x80\x04\x95" + (2**40).to_bytes(8, "little") + b"N.", id="frame-2**40"),
+    pytest.param(_PROTO2 + b"\xff.", id="unknown-opcode"),
+    pytest.param(_PROTO2 + b"}", id="no-STOP"),
+    pytest.param(_PROTO2 + b"s.", id="stack-underflow"),
+]
+
+
+@pytest.fixture(scope="module")
+def legit(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, dict[str, torch.Tensor]]]:
+    """Legitimate bf16/f16/f32 checkpoints (zip and legacy) and what they must load as."""
+    folder = tmp_path_factory.mktemp("legit")
+    torch.manual_seed(5)
+    sd = torch.nn.Linear(3, 2).bfloat16().state_dict()  # an OrderedDict with `_metadata`
+    base = torch.randn(4, 3)
+    sd.update(
+        {
+            "bf16": (base * 3).bfloat16(),
+            "bf16_t": (base * 3).bfloat16().t(),
+            "f16": base.half(),
+            "f32": base,
+            "param_bf16": torch.nn.Parameter(base.bfloat16()),
+        }
+    )
+    assert hasattr(sd, "_metadata")
+    reference = {k: v.detach() for k, v in sd.items()}
+    return [
+        (_save(sd, folder / "legit.pth"), reference),
+        (_save_legacy(sd, folder / "legit_legacy.pth"), reference),
+    ]
+
+
+def _check_legit(legit: list[tuple[Path, dict[str, torch.Tensor]]]) -> None:
+    for path, reference in legit:
+        loaded = load_torch_state_dict(path)
+        _assert_same(loaded, reference)
+        assert loaded["bf16"].dtype == np.float32  # not raw uint16 bits
+
+
+def _snapshot(value: object) -> object:
+    if inspect.isfunction(value):
+        return (value.__code__, value.__defaults__, value.__kwdefaults__, dict(vars(value)))
+    if isinstance(value, functools.partial):
+        return (value.func, value.args, value.keywords)
+    if isinstance(value, Mapping):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if inspect.ismodule(value):
+        return value
+    if isinstance(value, type):
+        return {k: _snapshot(v) for k, v in vars(value).items()}
+    if hasattr(value, "__dict__"):
+        return dict(vars(value))
+    return value
+
+
+def _loader_state() -> dict[str, object]:
+    """Everything at module level in the loader that a hostile pickle could try to change."""
+    from cptrans_jax import safe_unpickle, torch_pickle
+
+    return {
+        f"{module.__name__}.{name}": _snapshot(value)
+        for module in (torch_pickle, safe_unpickle)
+        for name, value in vars(module).items()
+        if not name.startswith("__")
+    }
+
+
+def _hostile_file(tmp_path: Path, fmt: str, payload: bytes) -> Path:
+    path = tmp_path / f"hostile_{fmt}.pth"
+    if fmt == "zip":
+        return _torch_like_zip(path, payload)
+    path.write_bytes(_legacy_frame(payload, []))  # the object pickle of a legacy checkpoint
+    return path
+
+
+def _assert_refused(path: Path, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        load_torch_state_dict(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+
+
+def test_issue_payload_is_the_report_s_file() -> None:
+    rebuilt = _build(_glob("torch", "BFloat16Storage"), _attrs(is_bfloat16=_FALSE))
+    assert rebuilt == _ISSUE_PAYLOAD
+
+
+def test_attacks_cover_the_whole_allow_list() -> None:
+    from cptrans_jax import torch_pickle
+
+    assert set(torch_pickle._SAFE_GLOBALS) == set(_ALLOWED_GLOBALS)
+    assert set(torch_pickle._DRY_RUN_GLOBALS) == set(_ALLOWED_GLOBALS)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.parametrize("payload", _refused_payloads())
+def test_hostile_pickle_is_refused_and_changes_nothing(
+    tmp_path: Path, legit: list, fmt: str, payload: bytes
+) -> None:
+    before = _loader_state()
+    _check_legit(legit)
+    path = _hostile_file(tmp_path, fmt, payload)
+    _assert_refused(path, "refusing")
+    assert _loader_state() == before
+    _check_legit(legit)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.parametrize("payload", _MALFORMED_PAYLOADS)
+def test_malformed_pickle_is_one_value_error(
+    tmp_path: Path, legit: list, fmt: str, payload: bytes
+) -> None:
+    before = _loader_state()
+    _assert_refused(_hostile_file(tmp_path, fmt, payload), "corrupt")
+    assert _loader_state() == before
+    _check_legit(legit)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        # A 4-byte storage expanded (stride 0) to 2**40 elements: 4 TiB once copied.
+        (_PROTO2 + _tensor_call((2**20, 2**20), (0, 0), 1) + b".", "refusing tensor of size"),
+        # BUILD on a tensor the load rebuilt (ndarray.__setstate__).
+        (_PROTO2 + _tensor_call((4,), (1,), 4) + b"}b.", "corrupt"),
+        # BUILD on the storage record itself.
+        (_PROTO2 + _storage_pid(4) + _attrs(data=b"N") + b"b" + _RETURN_EMPTY, "refusing"),
+    ],
+    ids=["expanded-to-4TiB", "build-on-rebuilt-tensor", "build-on-storage"],
+)
+def test_hostile_tensor_is_refused(tmp_path: Path, legit: list, payload: bytes, match: str) -> None:
+    records = {"data/0": np.arange(4, dtype="<f4").tobytes()}
+    _assert_refused(_torch_like_zip(tmp_path / "tensor.pth", payload, records), match)
+    _check_legit(legit)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-pass"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _ISSUE_PAYLOAD,
+        _build(_glob("torch._utils", "_rebuild_tensor_v2"), _slots(__defaults__=_EMPTY_TUPLE)),
+        _build(_glob(*_ORDERED_DICT), _slots(__doc__=_text("x"))),
+        _PROTO2 + _glob("torch.cuda", "BFloat16Storage") + b")R" + _RETURN_EMPTY,
+    ],
+    ids=["issue-report", "_rebuild_tensor_v2.__defaults__", "OrderedDict.__doc__", "call"],
+)
+def test_legacy_reader_passes_each_refuse(legit: list, payload: bytes, dry_run: bool) -> None:
+    # The legacy object pickle is read twice (a dry run that only sizes the storages, then the
+    # real pass), with different stand-ins for the rebuild functions; both must refuse. The
+    # pre-load scan is skipped here, to check the stand-ins on their own.
+    from cptrans_jax.torch_pickle import _LegacyUnpickler
+
+    storages = None if dry_run else {}
+    unpickler = _LegacyUnpickler(payload, path="x.pth", storages=storages)
+    with pytest.raises(ValueError, match=r"^x\.pth: refusing"):
+        unpickler.load()
+    _check_legit(legit)
+
+
+def test_stand_ins_are_fresh_and_frozen() -> None:
+    # Each reference to an allowed global gets its own immutable stand-in.
+    from cptrans_jax.torch_pickle import _SafeUnpickler
+
+    unpickler = _SafeUnpickler(b"", path="x.pth")
+    for module, name in _ALLOWED_GLOBALS:
+        first, second = unpickler.find_class(module, name), unpickler.find_class(module, name)
+        assert first is not second
+        assert not hasattr(first, "__dict__")
+        with pytest.raises(ValueError, match="refusing"):
+            first.__setstate__({})
+        with pytest.raises(ValueError, match="refusing"):
+            first.anything = 1
