@@ -36,9 +36,16 @@ list, where ``<key>`` hashes the sorted file list with every file's size and mod
 a fingerprint of the Inception weights' values and the feature definition. Changing, adding or
 touching a real image, or other weights, gives a new key, so a stale file is never used.
 
+Outputs are written atomically: the ``--json`` file and a cache file are written under a
+temporary name beside them and renamed into place, so a failure (a full disk, Ctrl-C) never
+leaves a half-written file and never truncates an existing one. Both places are checked before
+any work: ``--json``'s folder and ``--cache_dir`` are created if missing and must be writable.
+A cache file that cannot be written later (say, the disk fills up) is reported in one
+``warning:`` line and skipped: the results are computed and written all the same.
+
 Bad input (a missing or empty folder, an undecodable image, fewer images than the KID subset
-size, a missing or mismatched weights file) ends the command with one ``error: ...`` line on
-stderr and exit status 2.
+size, a missing or mismatched weights file, a ``--json`` or ``--cache_dir`` that cannot be
+written) ends the command with one ``error: ...`` line on stderr and exit status 2.
 
 Library functions: :func:`list_images`, :func:`read_image`, :func:`extract_features`,
 :func:`folder_statistics`, :func:`evaluate_folders`, :func:`flicker`.
@@ -47,6 +54,7 @@ Library functions: :func:`list_images`, :func:`read_image`, :func:`extract_featu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -80,6 +88,131 @@ class EvalInputError(ValueError):
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def _make_dirs(folder: str) -> list[str]:
+    """Creates ``folder`` and its missing parents; returns those created, outermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    created = []
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.append(d)
+    except OSError:
+        _remove_dirs(created)
+        raise
+    return created
+
+
+def _remove_dirs(created: list[str]) -> None:
+    """Removes folders :func:`_make_dirs` created, innermost first, each only if empty."""
+    for d in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or str(e)) + (f": {e.filename}" if e.filename else "")
+
+
+def check_output_dir(folder: str | os.PathLike, option: str) -> None:
+    """Creates ``folder`` if missing and checks that files can be written in it.
+
+    Raises:
+        EvalInputError: it is a file, cannot be created or cannot be written, in one line.
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == folder else f"is inside {existing}, which is a file"
+        raise EvalInputError(f"{option} {folder} {where}; expected a folder")
+    try:
+        _make_dirs(folder)
+    except OSError as e:
+        raise EvalInputError(
+            f"{option} {folder}: cannot create it ({_reason(e)}); expected a folder you can "
+            "write to"
+        ) from None
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise EvalInputError(
+            f"{option} {folder}: cannot write there ({e.strerror or e}); expected a folder you "
+            "can write to"
+        ) from None
+
+
+class OutputFile:
+    """A file that appears only complete: created empty under ``.<name>.partial-<pid>`` beside
+    the target at once (which checks the place), renamed onto the target by :meth:`write`."""
+
+    def __init__(self, path: str | os.PathLike, option: str) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.option = option
+        if os.path.isdir(self.path):
+            raise EvalInputError(f"{option} {self.path} is a folder; expected a file path")
+        folder, name = os.path.split(self.path)
+        self.temp = os.path.join(folder, f".{name}.partial-{os.getpid()}")
+        self._created: list[str] = []
+        expected = "expected a file in a folder you can write to"
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise EvalInputError(f"{option} {self.path}: {existing} is a file; {expected}")
+        try:
+            self._created = _make_dirs(folder)
+        except OSError as e:
+            raise EvalInputError(
+                f"{option} {self.path}: cannot create the folder {e.filename or folder} "
+                f"({e.strerror or e}); {expected}"
+            ) from None
+        try:
+            with open(self.temp, "wb"):
+                pass
+        except OSError as e:
+            self.discard()
+            raise EvalInputError(
+                f"{option} {self.path}: cannot write in {folder} ({e.strerror or e}); {expected}"
+            ) from None
+
+    def write(self, text: str) -> None:
+        """Writes ``text`` and renames it into place (the temporary file is removed on error)."""
+        try:
+            with open(self.temp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.temp, self.path)
+        except OSError as e:
+            self.discard()
+            unchanged = "left as it was" if os.path.exists(self.path) else "not written"
+            raise OSError(
+                f"{self.option} {self.path}: writing failed ({e.strerror or e}); the file is "
+                f"{unchanged}"
+            ) from None
+        except BaseException:
+            self.discard()
+            raise
+        self._created = []
+
+    def discard(self) -> None:
+        """Removes the temporary file and the folders created for it."""
+        with contextlib.suppress(OSError):
+            os.remove(self.temp)
+        _remove_dirs(self._created)
+        self._created = []
 
 
 # ------------------------------------------------------------------------------- images
@@ -284,12 +417,30 @@ def folder_statistics(
     )
     mu, sigma = eval_stats.feature_statistics(features)
     if cache_file is not None:
-        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        tmp = f"{cache_file}.tmp.{os.getpid()}.npz"
         rel = np.array([os.path.relpath(p, folder) for p in paths], dtype=str)
-        np.savez(tmp, features=features, mu=mu, sigma=sigma, paths=rel)
-        os.replace(tmp, cache_file)  # never leave a half-written cache under the real name
+        try:
+            _write_cache(cache_file, features=features, mu=mu, sigma=sigma, paths=rel)
+        except OSError as e:
+            (progress or _stderr)(
+                f"warning: the feature cache {cache_file} could not be written ({_reason(e)}); "
+                "the results are not affected"
+            )
+            cache_file = None
     return FolderStatistics(folder, paths, features, mu, sigma, cache_file, False)
+
+
+def _write_cache(cache_file: str, **arrays: np.ndarray) -> None:
+    """``np.savez`` under a temporary name, renamed into place: never a half-written cache
+    under the real name, and nothing left behind when the write fails."""
+    os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+    tmp = f"{cache_file}.tmp.{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache_file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # ------------------------------------------------------------------------------ flicker
@@ -381,6 +532,9 @@ def evaluate_folders(
             f"KID subset size {kid_subset_size} is larger than the {smallest} {which} images "
             f"({fake if which == 'fake' else real}); pass --kid_subset_size {smallest} or less"
         )
+
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache_dir")
 
     if isinstance(inception, Mapping) and "params" in inception:
         variables, weights_name = inception, "<variables>"
@@ -508,13 +662,20 @@ def _parser() -> argparse.ArgumentParser:
         "(frames in the same directory, in natural file-name order) of the mean absolute "
         "pixel difference in 0-255 units",
     )
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="also write the results to this JSON file (its folder is created; written whole)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    out = None
     try:
+        # Checked (and its folder made) before any work, so that a bad path fails at once.
+        out = OutputFile(args.json, "--json") if args.json else None
         result = evaluate_folders(
             args.fake,
             args.real,
@@ -528,15 +689,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_flicker=args.flicker,
         )
         print(format_report(result), flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=2)
-                f.write("\n")
+        if out is not None:
+            out.write(json.dumps(result, indent=2) + "\n")
     except (ValueError, OSError) as e:
         # EvalInputError, CheckpointMismatchError, an unreadable weights or output file: the
         # user's to fix, so a message rather than a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted" + (f"; {args.json} not written" if args.json else ""),
+              file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        if out is not None:
+            out.discard()  # a no-op after a successful write
     return 0
 
 

@@ -5,11 +5,13 @@ Usage::
     python -m cptrans_jax.translate --checkpoint CKPT --input IN --output OUT \\
         [--size 256] [--output_size model|input] [--batch_size 8] [--fps F]
 
-``CKPT`` is one of
+``CKPT`` is one of (:mod:`cptrans_jax.generator_checkpoint` reads it)
 
 * a training work directory (``<workdir>/config.json`` + ``<workdir>/checkpoints/<step>/``):
-  the newest checkpoint is used;
-* one checkpoint, ``<workdir>/checkpoints/<step>``;
+  the newest checkpoint that can be read is used — a damaged newer one (truncated or overwritten
+  data files, a deleted manifest, ``_METADATA`` or ``state/``) is named in a ``warning:`` line
+  and skipped, and nothing in the work directory is changed (the run may be live);
+* one checkpoint, ``<workdir>/checkpoints/<step>``: that one (damaged, it is an error);
 * the authors' PyTorch generator, ``latest_net_G.pth`` (its ngf and block count read from it).
 
 Only G's parameters are read from an Orbax checkpoint (a partial restore onto one device; the
@@ -25,6 +27,16 @@ input are both accepted; gray is replicated to 3 channels, as the authors' loade
 ``--fps``, else the input video's, else 25), an image file (.png etc.; only for one input image)
 or, without a suffix, a folder of PNG frames ``000000.png, 000001.png, …`` in input order (one
 input image goes to ``OUT/<input stem>.png``).
+
+No partial output (:mod:`cptrans_jax.frame_output`): everything is written under a temporary name
+beside ``OUT`` (``.<name>.partial-<pid><suffix>``) and renamed to ``OUT`` only when every frame
+is written; on any failure (or Ctrl-C, or SIGTERM) it is removed and an existing ``OUT`` is left
+as it was. A folder ``OUT`` that already exists is kept: on success the new frames are moved into
+it, replacing files of the same names, and a ``note:`` line counts the frames ``NNNNNN.png`` it
+holds that this translation did not write (say, the tail of a longer earlier translation; left
+as they are, as is anything else there). The output path is checked before any work (its folder
+is created; it must be writable, not the input, and not a file where a folder is meant), so a bad
+one fails at once.
 
 Frame-size policy:
 
@@ -46,7 +58,9 @@ long video is never held in memory. A progress line (frames done/total, frames/s
 printed every few seconds.
 
 Bad input (a missing checkpoint or input, an unknown suffix, a checkpoint that is neither a work
-directory nor a ``.pth``, a corrupt file) ends with one ``error: …`` line and exit status 2.
+directory nor a ``.pth`` or that has no readable checkpoint, a corrupt file, an output path that
+cannot be written) ends with one ``error: …`` line and exit status 2; Ctrl-C and SIGTERM end it
+with one line and status 130 / 143.
 """
 
 from __future__ import annotations
@@ -54,8 +68,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +80,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from cptrans_jax import video_io
-from cptrans_jax.metrics import _format_duration, save_png
+from cptrans_jax.frame_output import FrameOutput, OutputError
+from cptrans_jax.generator_checkpoint import GeneratorCheckpointError, load_generator
+from cptrans_jax.metrics import _format_duration
 from cptrans_jax.models.generator import Generator
 from cptrans_jax.sharding import (
     DATA_AXIS,
@@ -81,145 +97,21 @@ Params = Any
 DEFAULT_FPS = 25.0
 MIN_SIDE = 16  # G's two downsamplings and its reflect paddings need at least this many pixels
 OUTPUT_SIZES = ("model", "input")
-_MAX_LISTED = 8
+
+__all__ = [
+    "GeneratorCheckpointError",
+    "OutputError",
+    "TranslateError",
+    "TranslateResult",
+    "load_generator",
+    "main",
+    "make_infer_fn",
+    "translate",
+]
 
 
 class TranslateError(ValueError):
     """Bad input to ``translate``: the message says what was expected."""
-
-
-# -------------------------------------------------------------------------------- checkpoints
-
-
-def _resolve_orbax(path: str) -> tuple[str, str | None, int]:
-    """(state item directory, config.json path or None, step) of an Orbax checkpoint path."""
-    path = os.path.abspath(path)
-    name = os.path.basename(path)
-    if os.path.isdir(os.path.join(path, "state")) and name.isdigit():
-        step_dir = path
-        workdir = os.path.dirname(os.path.dirname(path))
-    else:
-        if os.path.isdir(os.path.join(path, "checkpoints")):
-            workdir, ckpt_dir = path, os.path.join(path, "checkpoints")
-        elif name == "checkpoints":
-            workdir, ckpt_dir = os.path.dirname(path), path
-        else:
-            raise TranslateError(
-                f"checkpoint {path} is neither a training work directory (with checkpoints/), "
-                "a checkpoint <workdir>/checkpoints/<step> nor an authors' generator .pth file"
-            )
-        # Orbax renames a step directory into place only when it is complete, so a digits-only
-        # name with a state item is a finished checkpoint (unfinished ones carry a tmp suffix).
-        steps = sorted(
-            int(n)
-            for n in os.listdir(ckpt_dir)
-            if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, "state"))
-        )
-        if not steps:
-            raise TranslateError(f"no finished checkpoint in {ckpt_dir}")
-        step_dir = os.path.join(ckpt_dir, str(steps[-1]))
-    config = os.path.join(workdir, "config.json")
-    return (
-        os.path.join(step_dir, "state"),
-        config if os.path.isfile(config) else None,
-        int(os.path.basename(step_dir)),
-    )
-
-
-def _architecture_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """ngf and n_blocks from flat G param shapes (``model_1/kernel`` is 7×7×3×ngf)."""
-    if "model_1/kernel" not in shapes:
-        raise TranslateError("checkpoint has no generator parameter g_params/model_1/kernel")
-    blocks = {k.split("/")[0] for k in shapes if "/conv_block_1/" in k}
-    return {"ngf": int(shapes["model_1/kernel"][-1]), "n_blocks": len(blocks)}
-
-
-def _restore_g_params(state_dir: str, config_path: str | None) -> tuple[Generator, Params]:
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        metadata = handler.metadata(epath.Path(state_dir)).tree
-    except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for an unreadable store
-        raise TranslateError(f"{state_dir}: not a readable Orbax checkpoint: {e}") from e
-    if "g_params" not in metadata:
-        raise TranslateError(f"{state_dir}: the checkpoint has no g_params (not a train state)")
-    on_disk = {
-        k: (tuple(v.shape), np.dtype(v.dtype))
-        for k, v in ocp.tree.to_flat_dict(metadata["g_params"], sep="/").items()
-    }
-    if config_path is not None:
-        with open(config_path) as f:
-            model = json.load(f).get("model", {})
-        try:
-            arch = {"ngf": int(model["ngf"]), "n_blocks": int(model["n_blocks"])}
-        except (KeyError, TypeError, ValueError) as e:
-            raise TranslateError(f"{config_path}: no model.ngf / model.n_blocks ({e})") from e
-    else:
-        arch = _architecture_from_shapes({k: s for k, (s, _) in on_disk.items()})
-    generator = Generator(**arch)
-    expected = jax.eval_shape(
-        generator.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-    )["params"]
-    expected = {
-        k: (tuple(v.shape), np.dtype(v.dtype))
-        for k, v in ocp.tree.to_flat_dict(expected, sep="/").items()
-    }
-    if expected != on_disk:
-
-        def show(entry: tuple | None) -> str:
-            return "missing" if entry is None else f"{entry[0]} {entry[1]}"
-
-        diff = sorted(
-            f"{k}: checkpoint {show(on_disk.get(k))}, expected {show(expected.get(k))}"
-            for k in expected.keys() | on_disk.keys()
-            if expected.get(k) != on_disk.get(k)
-        )
-        more = f" ... and {len(diff) - _MAX_LISTED} more" if len(diff) > _MAX_LISTED else ""
-        raise TranslateError(
-            f"{state_dir}: G parameters do not match a Generator(ngf={arch['ngf']}, "
-            f"n_blocks={arch['n_blocks']}) (from {config_path or 'the parameter shapes'}): "
-            + "; ".join(diff[:_MAX_LISTED])
-            + more
-        )
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = {
-        "g_params": jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-            metadata["g_params"],
-        )
-    }
-    restored = handler.restore(
-        epath.Path(state_dir),
-        args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        ),
-    )
-    handler.close()
-    return generator, restored["g_params"]
-
-
-def load_generator(checkpoint: str | os.PathLike) -> tuple[Generator, Params, str]:
-    """(G, its params, a description) from a work directory, a step directory or a ``.pth``."""
-    path = os.fspath(checkpoint)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if os.path.isfile(path):
-        if os.path.splitext(path)[1].lower() not in (".pth", ".pt"):
-            raise TranslateError(
-                f"checkpoint {path} is neither a training work directory nor an authors' "
-                "generator .pth file"
-            )
-        from cptrans_jax.convert import load_torch_generator
-
-        generator, params = load_torch_generator(path)
-        return generator, params, f"authors' generator {path}"
-    state_dir, config_path, step = _resolve_orbax(path)
-    generator, params = _restore_g_params(state_dir, config_path)
-    return generator, params, f"{os.path.dirname(state_dir)} (step {step})"
 
 
 # ---------------------------------------------------------------------------------- inference
@@ -256,6 +148,7 @@ class _Source:
     total: int | None
     fps: float | None
     kind: str  # "video" | "folder" | "image"
+    path: str
 
 
 def _open_source(path: str) -> _Source:
@@ -268,12 +161,12 @@ def _open_source(path: str) -> _Source:
                 f"input folder {path} has no frames (expected "
                 f"{' '.join(video_io.IMAGE_SUFFIXES)} files directly inside it)"
             )
-        return _Source((video_io.read_image(f) for f in files), len(files), None, "folder")
+        return _Source((video_io.read_image(f) for f in files), len(files), None, "folder", path)
     if video_io.is_video(path):
         info = video_io.video_info(path)
-        return _Source(video_io.read_video(path), info.num_frames, info.fps, "video")
+        return _Source(video_io.read_video(path), info.num_frames, info.fps, "video", path)
     if video_io.is_image(path):
-        return _Source(iter([video_io.read_image(path)]), 1, None, "image")
+        return _Source(iter([video_io.read_image(path)]), 1, None, "image", path)
     raise TranslateError(
         f"input {path}: unknown suffix; expected a video "
         f"({' '.join(video_io.VIDEO_SUFFIXES)}), an image "
@@ -281,54 +174,33 @@ def _open_source(path: str) -> _Source:
     )
 
 
-class _Sink:
-    """Where translated frames go: a video, a folder of PNGs or one image."""
-
-    def __init__(self, output: str, source: _Source, input_path: str, fps: float | None):
-        suffix = os.path.splitext(output)[1].lower()
-        self.output = output
-        self._video = None
-        self._name = None
-        if os.path.isdir(output) or not suffix:
-            self.kind = "folder"
-            if source.kind == "image":
-                stem = os.path.splitext(os.path.basename(input_path))[0]
-                self._name = os.path.join(output, f"{stem}.png")
-        elif video_io.is_video(output):
-            self.kind = "video"
-            self._video = video_io.VideoWriter(output, fps or source.fps or DEFAULT_FPS)
-        elif video_io.is_image(output):
-            if source.kind != "image":
-                raise TranslateError(
-                    f"output {output} is an image file but the input is a {source.kind}; give a "
-                    "folder (no suffix) or a video file as the output"
-                )
-            self.kind = "image"
-            self._name = output
-        else:
+def _output_kind(output: str, source: _Source) -> tuple[str, str | None]:
+    """("video" | "image" | "folder", the file name inside a folder for one input image)."""
+    path = os.path.abspath(output)
+    suffix = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path) or not suffix or output.endswith(("/", os.sep)):
+        if os.path.exists(path) and not os.path.isdir(path):
             raise TranslateError(
-                f"output {output}: unknown suffix {suffix!r}; expected a folder (no suffix), a "
-                f"video ({' '.join(video_io.VIDEO_SUFFIXES)}) or, for one input image, an image "
-                f"({' '.join(video_io.IMAGE_SUFFIXES)})"
+                f"output {output} is an existing file; a folder output (no suffix) must be a "
+                "folder or a new path"
             )
-        if self.kind == "folder":
-            os.makedirs(output, exist_ok=True)
-
-    def write(self, index: int, frame: np.ndarray) -> None:
-        if self._video is not None:
-            self._video.write(frame)
-        elif self.kind == "folder" and self._name is None:
-            save_png(os.path.join(self.output, f"{index:06d}.png"), frame)
-        elif self.kind == "image" and not self._name.lower().endswith(".png"):
-            from PIL import Image
-
-            Image.fromarray(frame).save(self._name)
-        else:
-            save_png(self._name, frame)
-
-    def close(self) -> None:
-        if self._video is not None:
-            self._video.close()
+        if source.kind == "image":
+            return "folder", os.path.splitext(os.path.basename(source.path))[0] + ".png"
+        return "folder", None
+    if video_io.is_video(path):
+        return "video", None
+    if video_io.is_image(path):
+        if source.kind != "image":
+            raise TranslateError(
+                f"output {output} is an image file but the input is a {source.kind}; give a "
+                "folder (no suffix) or a video file as the output"
+            )
+        return "image", None
+    raise TranslateError(
+        f"output {output}: unknown suffix {suffix!r}; expected a folder (no suffix), a "
+        f"video ({' '.join(video_io.VIDEO_SUFFIXES)}) or, for one input image, an image "
+        f"({' '.join(video_io.IMAGE_SUFFIXES)})"
+    )
 
 
 class _Progress:
@@ -403,10 +275,13 @@ def translate(
 ) -> TranslateResult:
     """Translates ``input`` into ``output`` with the generator of ``checkpoint`` (module doc).
 
+    ``output`` appears only complete: it is written under a temporary name and renamed at the
+    end; on any failure nothing is left at ``output`` that was not there before.
+
     Raises:
         FileNotFoundError: the checkpoint or the input does not exist.
-        ValueError (``TranslateError``, ``CheckpointMismatchError``): anything else wrong with
-            the arguments or the files.
+        ValueError (``TranslateError``, ``GeneratorCheckpointError``, ``OutputError``,
+            ``CheckpointMismatchError``): anything else wrong with the arguments or the files.
     """
     input_path, output = os.fspath(input), os.fspath(output)
     if size < 0 or (size and size < MIN_SIDE):
@@ -417,13 +292,53 @@ def translate(
         raise TranslateError(f"--batch_size must be >= 1, got {batch_size}")
     if fps is not None and fps <= 0:
         raise TranslateError(f"--fps must be positive, got {fps}")
-    if os.path.exists(output) and os.path.abspath(output) == os.path.abspath(input_path):
-        raise TranslateError(f"output {output} is the input")
-    # Checked before the (slower) checkpoint load so that a typo fails at once.
+    # Input and output are checked before the (slower) checkpoint load so that a typo fails at
+    # once; the output's temporary file or folder is created here.
     source = _open_source(input_path)
-    generator, params, description = load_generator(checkpoint)
-    sink = _Sink(output, source, input_path, fps)
+    try:
+        kind, name = _output_kind(output, source)
+        sink = FrameOutput(output, kind, input_path, fps or source.fps or DEFAULT_FPS, name=name)
+        sink.open()
+    except BaseException:
+        _close(source.frames)
+        raise
+    try:
+        result = _run(checkpoint, source, sink, size, output_size, batch_size, print_fn,
+                      progress_every_s)  # fmt: skip
+        note = sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
+    finally:
+        _close(source.frames)
+    if note:
+        print_fn(note)
+    print_fn(
+        f"translated {result.frames} frames in {_format_duration(result.seconds)} "
+        f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s) -> {output}"
+    )
+    return TranslateResult(result.frames, output, result.seconds, result.description)
 
+
+def _close(frames: Iterator[np.ndarray]) -> None:
+    """Closes a frame generator (and so the video file it reads)."""
+    close = getattr(frames, "close", None)
+    if close is not None:
+        close()
+
+
+def _run(
+    checkpoint: str | os.PathLike,
+    source: _Source,
+    sink: FrameOutput,
+    size: int,
+    output_size: str,
+    batch_size: int,
+    print_fn: Callable[[str], object],
+    progress_every_s: float,
+) -> TranslateResult:
+    """Loads G and writes every translated frame of ``source`` into ``sink``."""
+    generator, params, description = load_generator(checkpoint)
     mesh = local_data_mesh()
     n_dev = mesh.shape[DATA_AXIS]
     batch = -(-batch_size // n_dev) * n_dev
@@ -431,46 +346,35 @@ def translate(
     params = place_replicated(params, mesh)
     data = batch_sharding(mesh)
     print_fn(
-        f"translating {input_path} ({source.total or '?'} frames) with G(ngf={generator.ngf}, "
+        f"translating {source.path} ({source.total or '?'} frames) with G(ngf={generator.ngf}, "
         f"n_blocks={generator.n_blocks}) from {description}; batch {batch} on {n_dev} device(s)"
     )
     progress = _Progress(source.total, print_fn, progress_every_s)
-    done = 0
 
     def emit(pending) -> None:
-        nonlocal done
         out, group = pending
         out = np.asarray(out)
         for y, (_, hw) in zip(out[: len(group)], group, strict=False):
             if output_size == "input":
                 y = video_io.resize_image(y, hw[1], hw[0])
-            sink.write(done, y)
-            done += 1
-        progress.update(done)
+            sink.write(y)
+        progress.update(sink.frames)
 
     pending = None
-    try:
-        for group in _batches(source.frames, size, batch):
-            x = np.zeros((batch, *group[0][0].shape), np.uint8)
-            for i, (frame, _) in enumerate(group):
-                x[i] = frame
-            # Dispatch is asynchronous: the previous batch is written while this one runs.
-            result = infer(params, jax.device_put(x, data))
-            if pending is not None:
-                emit(pending)
-            pending = (result, group)
+    for group in _batches(source.frames, size, batch):
+        x = np.zeros((batch, *group[0][0].shape), np.uint8)
+        for i, (frame, _) in enumerate(group):
+            x[i] = frame
+        # Dispatch is asynchronous: the previous batch is written while this one runs.
+        result = infer(params, jax.device_put(x, data))
         if pending is not None:
             emit(pending)
-    finally:
-        sink.close()
-    if done == 0:
-        raise TranslateError(f"input {input_path} has no frames")
-    seconds = time.monotonic() - progress.start
-    print_fn(
-        f"translated {done} frames in {_format_duration(seconds)} "
-        f"({done / max(seconds, 1e-9):.1f} frames/s) -> {output}"
-    )
-    return TranslateResult(done, output, seconds, description)
+        pending = (result, group)
+    if pending is not None:
+        emit(pending)
+    if sink.frames == 0:
+        raise TranslateError(f"input {source.path} has no frames")
+    return TranslateResult(sink.frames, sink.output, time.monotonic() - progress.start, description)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -489,8 +393,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="training work directory (newest checkpoint), <workdir>/checkpoints/<step>, "
-        "or the authors' latest_net_G.pth",
+        help="training work directory (its newest readable checkpoint), "
+        "<workdir>/checkpoints/<step>, or the authors' latest_net_G.pth",
     )
     parser.add_argument(
         "--input", required=True, help="video file, folder of frames (natural order) or image"
@@ -530,8 +434,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminatedError(BaseException):
+    """SIGTERM, raised in the main thread so that the temporary output is removed (a
+    BaseException, so that no `except Exception` on the way takes it for a failure)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _TerminatedError()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         translate(
             args.checkpoint,
@@ -545,6 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; nothing written to {args.output}", file=sys.stderr)
+        return 130
+    except _TerminatedError:
+        print(f"error: terminated; nothing written to {args.output}", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -9,8 +9,11 @@ for the two layouts), writes ``<data_dir>/<dataset>/<config>/1.0.0/`` (array_rec
 TensorFlow needed) and indexes its frames for the input pipeline. The first unusable file stops
 the build with its path and what was expected; ``--skip_corrupt`` leaves out files that do not
 decode instead and lists them (wrong sizes or channel counts still stop it). Run
-``data_prep/validate.py`` first to see every problem at once. An already built scene is reused.
-Exit status 0 on success, 1 for a data problem, 2 for bad arguments.
+``data_prep/validate.py`` first to see every problem at once. An already built scene is reused
+(even from a read-only data dir). A data dir that is a file or cannot be written, or a write that
+fails during the build (a full disk), stops it with one ``error:`` line, and nothing half-built
+is left in the data dir. Exit status 0 on success, 1 for a data problem, 2 for bad arguments
+(the data dir included).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scene not in DATASETS[args.dataset].scenes:
         scenes = ", ".join(DATASETS[args.dataset].scenes)
         parser.error(f"{args.dataset} has scenes {scenes}; got {args.scene!r}")
-    from cptrans_jax.data.builders import build  # imports TFDS: after argument checks
+    # Imports TFDS: after the argument checks.
+    from cptrans_jax.data.builders import DataDirError, build
 
     try:
         build(
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataLayoutError, FrameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except DataDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

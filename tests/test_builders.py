@@ -1,8 +1,14 @@
 """TFDS builders and the manual-folder layouts (issue 5): counts, frame identity, bad input."""
 
+import builtins
+import contextlib
+import errno
 import importlib.util
+import io
 import os
+import resource
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +266,120 @@ def test_build_script(tmp_path, capsys):
         build.main(["--dataset", "infraredcity_lite", "--scene", "beach", *dirs])
     assert e.value.code == 2
     assert "has scenes city_clearday" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the data dir under faults
+
+BUILD_ARGS = ["--dataset", "infraredcity_lite", "--scene", "monitor"]
+EXPECTED = "expected a folder you can write to (it is created if missing)"
+
+
+def run_build(tmp_path, data_dir):
+    build = load_script("build")
+    if not (tmp_path / "manual").exists():
+        pair_tree(tmp_path / "manual")
+    dirs = ["--manual_dir", os.fspath(tmp_path / "manual"), "--data_dir", os.fspath(data_dir)]
+    return build.main([*BUILD_ARGS, *dirs])
+
+
+def test_build_script_data_dir_is_a_file(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.write_text("not a folder")
+    assert run_build(tmp_path, data) == 2
+    assert capsys.readouterr().err == f"error: data dir {data} is a file; {EXPECTED}\n"
+    assert run_build(tmp_path, data / "sub") == 2
+    assert capsys.readouterr().err == (
+        f"error: data dir {data / 'sub'} is inside {data}, which is a file; {EXPECTED}\n"
+    )
+    assert data.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["data", "manual"]
+
+
+@contextlib.contextmanager
+def read_only(folder, monkeypatch):
+    """``folder`` made read-only: a real ``chmod 0o555`` when not root. Root writes through a
+    mode, so there the kernel's answer is simulated at the lowest level Python offers: every
+    ``os.mkdir``, ``os.open`` for writing and ``open``/``io.open`` for writing of a path inside
+    ``folder`` fails with EACCES (TFDS writes through these; only the array_record writer, C++
+    and reached only after the check, would not be stopped)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    locked = os.path.abspath(folder)
+
+    def inside(path):
+        if isinstance(path, int):
+            return False
+        path = os.path.abspath(os.fspath(path))
+        return path == locked or path.startswith(locked + os.sep)
+
+    def denied(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    real_mkdir, real_os_open, real_open = os.mkdir, os.open, io.open
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path):
+            raise denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+            raise denied(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if inside(file) and set(mode) & set("wax+"):
+            raise denied(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "mkdir", mkdir)
+        m.setattr(os, "open", os_open)
+        m.setattr(io, "open", open_)
+        m.setattr(builtins, "open", open_)
+        yield
+
+
+def test_build_script_read_only_data_dir(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    with read_only(data, monkeypatch):
+        assert run_build(tmp_path, data) == 2
+    assert capsys.readouterr().err == (
+        f"error: data dir {data} is not writable (Permission denied); {EXPECTED}, or one where "
+        "this scene is already built\n"
+    )
+    assert os.listdir(data) == []
+    # A scene built before is reused from a read-only data dir.
+    assert run_build(tmp_path, data) == 0
+    capsys.readouterr()
+    with read_only(data, monkeypatch):
+        assert run_build(tmp_path, data) == 0
+    assert "built infraredcity_lite/monitor" in capsys.readouterr().out
+
+
+def test_build_script_failed_write_leaves_nothing(tmp_path, capsys):
+    """A write that fails midway (``ulimit -f``, as a full disk would): TFDS raises its own
+    RuntimeError; one line, and nothing of the build is left in the data dir."""
+    pair_tree(tmp_path / "manual")
+    data = tmp_path / "data"
+    (data / "other").mkdir(parents=True)  # something already there stays
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        status = run_build(tmp_path, data)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: building infraredcity_lite/monitor into {data} failed: ")
+    assert "File too large" in err and err.endswith("; nothing of it was kept\n")
+    assert err.count("\n") == 1
+    assert [p.name for p in data.rglob("*")] == ["other"]
+    assert not builders.make_builder("infraredcity_lite", "monitor", "packed", data).is_prepared()

@@ -5,8 +5,11 @@ compiles, so the suite compiles the network once. The expected numbers come from
 PyTorch network's features put through ``eval_stats``.
 """
 
+import contextlib
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -208,3 +211,93 @@ def test_cli_missing_folder_subprocess(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"error: {tmp_path / 'missing'}: no such folder\n"
+
+
+# ------------------------------------------------------------------- outputs under faults
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Stands in for the weights file, the network and FID, so that only the outputs are
+    tested: features are random numbers fixed by the image count."""
+
+    def features(paths, variables, **kwargs):
+        return np.random.default_rng(len(paths)).normal(size=(len(paths), 2048)).astype(np.float32)
+
+    monkeypatch.setattr(evaluate, "load_inception_params", lambda path: {"params": {"w": 1.0}})
+    monkeypatch.setattr(evaluate, "extract_features", features)
+    # The 2048² matrix square root takes seconds; its maths is test_eval_stats.py's.
+    monkeypatch.setattr(eval_stats, "frechet_distance", lambda *args: 1.0)
+
+
+@contextlib.contextmanager
+def file_size_limit(limit):
+    """``ulimit -f``: writing past ``limit`` bytes of any file fails with EFBIG, as a full
+    disk would fail it (SIGXFSZ is ignored, as Python sets it at start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def run_main(folders, *extra):
+    argv = ["--fake", folders["fake"], "--real", folders["real"], "--inception", "w.pth"]
+    return main([*argv, "--kid_subset_size", "3", "--kid_subsets", "2", *map(str, extra)])
+
+
+def test_json_folder_is_made_and_the_file_written_whole(folders, tmp_path, no_network, capsys):
+    out = tmp_path / "new" / "sub" / "result.json"
+    assert run_main(folders, "--json", out) == 0
+    assert json.loads(out.read_text())["num_real"] == 4
+    assert os.listdir(out.parent) == ["result.json"]  # no temporary file left
+    assert capsys.readouterr().err.count("error") == 0
+
+
+def test_bad_output_paths_fail_before_any_work(folders, tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(evaluate, "load_inception_params", no_work)
+    monkeypatch.setattr(evaluate, "extract_features", no_work)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--json", a_file / "out.json"], f"--json {a_file / 'out.json'}: {a_file} is a file; "),
+        (["--json", a_file / "x" / "o.json"], f"--json {a_file / 'x' / 'o.json'}: {a_file} is a"),
+        (["--json", tmp_path], f"--json {tmp_path} is a folder; expected a file path"),
+        (["--cache_dir", a_file], f"--cache_dir {a_file} is a file; expected a folder"),
+    ]
+    for extra, message in cases:
+        assert run_main(folders, *extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and a_file.read_text() == "x"
+
+
+def test_failed_json_write_keeps_the_earlier_file(folders, tmp_path, no_network, capsys):
+    out = tmp_path / "result.json"
+    out.write_text('{"earlier": true}\n')
+    with file_size_limit(64):  # the result is ~700 bytes
+        assert run_main(folders, "--json", out) == 2
+    assert capsys.readouterr().err == (
+        f"error: --json {out}: writing failed (File too large); the file is left as it was\n"
+    )
+    assert out.read_text() == '{"earlier": true}\n' and os.listdir(tmp_path) == ["result.json"]
+
+
+def test_failed_cache_write_is_a_warning(folders, tmp_path, no_network, capsys):
+    cache, out = tmp_path / "cache", tmp_path / "result.json"
+    with file_size_limit(1 << 20):  # the cache file is 33 MB, the JSON result 1 kB
+        assert run_main(folders, "--cache_dir", cache, "--json", out) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: the feature cache ")
+    assert warnings[0].endswith(
+        "could not be written (File too large); the results are not affected"
+    )
+    assert os.listdir(cache) == []  # no half-written cache file under any name
+    result = json.loads(out.read_text())
+    assert result["real_cache_file"] is None and result["num_real"] == 4

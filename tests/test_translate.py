@@ -22,7 +22,13 @@ from cptrans_jax.checkpoints import Checkpointer
 from cptrans_jax.metrics import to_uint8
 from cptrans_jax.models import Generator
 from cptrans_jax.steps import TrainState, adam
-from cptrans_jax.translate import TranslateError, load_generator, main, translate
+from cptrans_jax.translate import (
+    GeneratorCheckpointError,
+    TranslateError,
+    load_generator,
+    main,
+    translate,
+)
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -180,7 +186,7 @@ def test_bad_arguments_are_named(workdir, clip, tmp, capsys):
     wd, _, _ = workdir
     with pytest.raises(FileNotFoundError, match="checkpoint .*nope does not exist"):
         translate(tmp / "nope", clip[0], tmp / "o")
-    with pytest.raises(TranslateError, match="neither a training work directory"):
+    with pytest.raises(GeneratorCheckpointError, match="neither a training work directory"):
         load_generator(tmp)  # a folder, but no checkpoints/ in it
     with pytest.raises(TranslateError, match="unknown suffix '.txt'"):
         translate(wd, clip[0], tmp / "o.txt")
@@ -190,7 +196,9 @@ def test_bad_arguments_are_named(workdir, clip, tmp, capsys):
     (bad / "checkpoints").mkdir(parents=True)
     os.symlink(wd / "checkpoints" / "7", bad / "checkpoints" / "7")
     (bad / "config.json").write_text(json.dumps({"model": {"ngf": 16, "n_blocks": 1}}))
-    with pytest.raises(TranslateError, match=r"ngf=16.*model_1/kernel: checkpoint \(7, 7, 3, 8\) "):
+    with pytest.raises(
+        GeneratorCheckpointError, match=r"ngf=16.*model_1/kernel: checkpoint \(7, 7, 3, 8\) "
+    ):
         load_generator(bad)
     assert (
         main(["--checkpoint", str(wd), "--input", str(tmp / "missing.mp4"), "--output", "o"]) == 2

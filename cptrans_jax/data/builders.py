@@ -10,13 +10,24 @@ TensorFlow.
 array_record files do not keep write order, so clips cannot be read as "the next record": after a
 build, ``frame_table`` records each record's (domain, video, frame) once, next to the data set,
 and the input pipeline assembles clips of adjacent frames from it.
+
+Nothing half-built: TFDS writes a scene into ``<version>.incomplete…`` and renames it into place
+when every split is written (and removes it when the build fails). Before that, :func:`build`
+checks that the data dir is a folder it can write to (a scene already built there is reused
+even when it is read-only); when the build fails, the folders it created on the way (and TFDS's
+``.config`` note of a data set folder it created) are removed too. A data dir that is a file,
+cannot be created or cannot be written, and a write that fails during the build (a full disk),
+raise :class:`DataDirError` in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +48,10 @@ from cptrans_jax.data.layouts import (
 )
 
 FILE_FORMAT = "array_record"
+
+
+class DataDirError(ValueError):
+    """The data dir cannot take the build (a file, not writable, a failed write): one line."""
 
 
 @dataclasses.dataclass
@@ -208,8 +223,9 @@ def build(
     """Build one scene from the manual folder into ``data_dir`` and index its frames.
 
     Raises DataLayoutError (every structural problem) or FrameError (the first bad file; corrupt
-    files are skipped and counted instead when ``skip_corrupt``). An already built scene is
-    reused, as TFDS does.
+    files are skipped and counted instead when ``skip_corrupt``), or DataDirError (``data_dir``
+    is a file, cannot be written, or a write failed; nothing half-built is left, see the module
+    docstring). An already built scene is reused, as TFDS does.
     """
     builder = make_builder(dataset, scene, layout, data_dir, skip_corrupt=skip_corrupt)
     k = DATASETS[dataset].packed_frames
@@ -219,9 +235,24 @@ def build(
             [f"missing folder {manual_dir} ({layout_help(scene_dir, layout, k)})"],
             f"{dataset}/{builder.builder_config.name}: the manual folder:",
         )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-    )
+    # What TFDS checks to reuse a built scene (which works even from a read-only data dir).
+    if not builder.data_path.exists():
+        root = Path(os.path.abspath(os.fspath(data_dir)))
+        before = _entries(root)
+        created = _check_data_dir(root)
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+            )
+        except BaseException as e:
+            _remove_new(root, before, created)
+            # TFDS reports a failed write of a split (a full disk, say) as a RuntimeError.
+            if isinstance(e, (OSError, RuntimeError)):
+                raise DataDirError(
+                    f"building {dataset}/{builder.builder_config.name} into {root} failed: "
+                    f"{_one_line(e)}; nothing of it was kept"
+                ) from e
+            raise
     for split, report in builder.reports.items():
         print_fn(
             f"{split}: {report.frames} frames from {report.videos} videos"
@@ -236,6 +267,84 @@ def build(
         print_fn(f"{split}: {counts[0]} infrared, {counts[1]} visible frames indexed")
     print_fn(f"built {builder.name}/{builder.builder_config.name} in {builder.data_dir}")
     return builder
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (f": {e.filename}" if e.filename else "")
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_data_dir(root: Path) -> list[Path]:
+    """Makes sure ``root`` is (or can be created as) a folder we can write to; returns the
+    folders it created, outermost first."""
+    existing, missing = root, []
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    expected = "expected a folder you can write to (it is created if missing)"
+    if not existing.is_dir():
+        what = "is a file" if existing == root else f"is inside {existing}, which is a file"
+        raise DataDirError(f"data dir {root} {what}; {expected}")
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            os.mkdir(folder)
+            created.append(folder)
+    except OSError as e:
+        _rmdirs(created)
+        raise DataDirError(
+            f"cannot create the data dir {root} ({_one_line(e)}); {expected}"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        _rmdirs(created)
+        raise DataDirError(
+            f"data dir {root} is not writable ({e.strerror or e}); {expected}, or one where "
+            "this scene is already built"
+        ) from None
+    return created
+
+
+def _rmdirs(folders: list[Path]) -> None:
+    """Removes ``folders`` (outermost first) innermost first, each only if empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _entries(root: Path, depth: int = 3) -> set[Path]:
+    """Every path under ``root`` down to ``depth`` levels (data set / config / version)."""
+    found: set[Path] = set()
+    level = [root] if root.is_dir() else []
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            with contextlib.suppress(OSError):
+                for entry in folder.iterdir():
+                    found.add(entry)
+                    if entry.is_dir() and not entry.is_symlink():
+                        below.append(entry)
+        level = below
+    return found
+
+
+def _remove_new(root: Path, before: set[Path], created: list[Path]) -> None:
+    """After a failed build: removes the folders it created (empty ones only) and TFDS's
+    ``.config`` note in a data set folder that is new; nothing that was there before."""
+    for path in sorted(_entries(root) - before, key=lambda p: len(p.parts), reverse=True):
+        new_parent = path.parent != root and path.parent not in before
+        if path.name == ".config" and new_parent and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    _rmdirs(created)
 
 
 def frame_table(builder: _SceneDataset, split: str) -> dict[str, np.ndarray]:
