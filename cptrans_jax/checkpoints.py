@@ -45,19 +45,25 @@ Guarantees:
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
 import os
-import re
 import shutil
-import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from cptrans_jax.orbax_errors import describe_failure, orbax_noise_silenced
+
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "UnreadableCheckpointError",
+    "abstract_like",
+    "describe_failure",
+]
 
 # Item names inside a step directory (see the module docstring).
 STATE_ITEM = "state"
@@ -82,38 +88,6 @@ class UnreadableCheckpointError(ValueError):
 
 class CheckpointSaveError(OSError):
     """A save failed (e.g. a full disk); the message is one line with the cause."""
-
-
-def describe_failure(exc: BaseException, limit: int = 240) -> str:
-    """A one-line reason for an exception from Orbax/TensorStore or the file system.
-
-    TensorStore errors carry the operating system's error code as ``os_error_code='28'`` in
-    a long message; an ``OSError`` anywhere in the chain carries it as ``errno``.
-    """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return _errno_text(e.errno)
-        match = re.search(r"os_error_code='?(\d+)", str(e))
-        if match:
-            return _errno_text(int(match.group(1)))
-        e = e.__cause__ or e.__context__
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _errno_text(code: int) -> str:
-    text = os.strerror(code)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        text += " (the disk is full)"
-    elif code == errno.EFBIG:
-        text += " (a file-size limit such as ulimit -f, or a full disk)"
-    return text
 
 
 def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -308,6 +282,16 @@ class Checkpointer:
         """
         self.wait()
         _check_abstract(abstract_state)
+        with orbax_noise_silenced():
+            return self._restore_readable(abstract_state, check_data, warn, set_aside)
+
+    def _restore_readable(
+        self,
+        abstract_state: Any,
+        check_data: Callable[[int, dict], None] | None,
+        warn: Callable[[str], object],
+        set_aside: bool,
+    ) -> tuple[int, Any, dict] | None:
         failed: list[str] = []
         for step in reversed(self.all_steps()):
             try:
@@ -327,7 +311,7 @@ class Checkpointer:
             except _DamageError as e:
                 reason = str(e)
             except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds
-                reason = describe_failure(e)
+                reason = describe_failure(e, within=os.path.join(self.directory, str(step)))
             else:
                 return step, state, data_state
             where = self._set_aside(step, reason) if set_aside else None
@@ -487,41 +471,3 @@ class _DamageError(Exception):
 
 class _RefusedError(Exception):
     """Internal: carries the caller's refusal of a checkpoint out of the damage handling."""
-
-
-class _OrbaxFailureFilter(logging.Filter):
-    """Drops Orbax's own error logs (and asyncio's echo of its failed tasks): every failure
-    they describe reaches the caller as one :class:`CheckpointSaveError` line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        if "orbax" in (record.pathname or ""):
-            return False
-        # asyncio's "Future/Task exception was never retrieved": the exception (often raised in
-        # TensorStore, without Python frames) and the message name Orbax's temporary paths.
-        exc = record.exc_info[1] if record.exc_info else None
-        text = "".join(traceback.format_tb(exc.__traceback__)) if exc is not None else ""
-        return "orbax" not in f"{text} {exc} {record.getMessage()}"
-
-
-def quiet_orbax_failures() -> None:
-    """For command lines: silence what Orbax's background threads print when a save fails.
-
-    A failed save (a full disk) makes Orbax log each failing thread with its traceback and
-    leaves TensorStore callbacks hitting a closed event loop ("Event loop is closed", once per
-    pending write). :class:`Checkpointer` already turns the failure into one line, so those are
-    dropped; every other log record and unraisable exception passes through unchanged.
-    """
-    flt = _OrbaxFailureFilter()
-    for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(flt)
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook

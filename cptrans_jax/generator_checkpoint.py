@@ -29,14 +29,10 @@ Every problem raises :class:`GeneratorCheckpointError` (a ``ValueError``) or
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
-import logging
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -44,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cptrans_jax.models.generator import Generator
+from cptrans_jax.orbax_errors import describe_failure, orbax_noise_silenced
 
 Params = Any
 
@@ -53,13 +50,6 @@ STATE_ITEM = "state"
 
 # Longest list of differing parameters put in a mismatch message.
 _MAX_LISTED = 8
-
-# TensorStore's status messages start with an absl status code: "OUT_OF_RANGE: Error reading …".
-_STATUS = re.compile(r"^[A-Z][A-Z_]{3,}: ")
-# … and name the store at length; the warning names the checkpoint already.
-_STORE = re.compile(r' (?:in OCDBT database )?at local file "[^"]*"')
-# … and may append the whole TensorStore spec.
-_SPEC = re.compile(r"\s*\[tensorstore_spec=.*$")
 
 
 class GeneratorCheckpointError(ValueError):
@@ -72,13 +62,6 @@ class _DamageError(Exception):
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """:func:`cptrans_jax.checkpoints.describe_failure`, imported when first needed."""
-    from cptrans_jax.checkpoints import describe_failure as describe
-
-    return describe(exc)
 
 
 # ----------------------------------------------------------------------------------- locating
@@ -151,67 +134,6 @@ def _architecture_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, i
 # ---------------------------------------------------------------------------------- restoring
 
 
-def _reason(exc: BaseException, step_dir: str, limit: int = 240) -> str:
-    """One line for an Orbax/TensorStore failure: TensorStore's own status message when the
-    exception chain holds one (Orbax wraps it in a bare ``Exception`` of a hundred lines), else
-    :func:`describe_failure`; the step's path and TensorStore's spec are left out."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        first = (str(e).strip().splitlines() or [""])[0]
-        if _STATUS.match(first):
-            text = f"{type(e).__name__}: {first}"
-            break
-        e = e.__cause__ or e.__context__
-    else:
-        text = describe_failure(exc)
-    text = _SPEC.sub("", _STORE.sub("", text))
-    text = text.replace(step_dir.rstrip(os.sep) + os.sep, "").replace(step_dir, ".")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _DropOrbaxReadNoise(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for Orbax's array reads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("never retrieved" in message and "_read_" in message)
-
-
-@contextlib.contextmanager
-def _quiet_failed_reads() -> Iterator[None]:
-    """Drops the noise a failed Orbax read leaves behind, while the steps are tried.
-
-    Orbax reads arrays in concurrent asyncio tasks on an event loop of its own. When one read
-    fails, the others' failures are never retrieved — Python prints "Exception ignored in
-    <coroutine …>" or asyncio logs "Task exception was never retrieved" with a hundred-line
-    traceback for each — and TensorStore's callbacks for reads still in flight find the loop
-    closed ("RuntimeError: Event loop is closed", a traceback each). The failure itself is
-    reported in one line; this noise is dropped, anything else is passed on.
-    """
-    previous = sys.unraisablehook
-    log_filter = _DropOrbaxReadNoise()
-    asyncio_log = logging.getLogger("asyncio")
-
-    def hook(unraisable: Any) -> None:
-        name = str(getattr(unraisable.object, "__qualname__", ""))
-        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(
-            unraisable.exc_value
-        )
-        if not (name.startswith("_read") or closed_loop):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    asyncio_log.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        gc.collect()  # the failed reads' tasks and coroutines go now, inside the filters
-        asyncio_log.removeFilter(log_filter)
-        sys.unraisablehook = previous
-
-
 def _restore_step(
     step_dir: str, arch: dict[str, int] | None, config_path: str | None
 ) -> tuple[Generator, Params]:
@@ -232,7 +154,7 @@ def _restore_step(
         try:
             metadata = handler.metadata(epath.Path(state_dir)).tree
         except Exception as e:  # noqa: BLE001 - Orbax raises many kinds for a damaged store
-            raise _DamageError(f"metadata: {_reason(e, step_dir)}") from e
+            raise _DamageError(f"metadata: {describe_failure(e, within=step_dir)}") from e
         if not isinstance(metadata, dict) or "g_params" not in metadata:
             raise GeneratorCheckpointError(
                 f"{state_dir}: the checkpoint has no g_params (not a train state)"
@@ -262,7 +184,7 @@ def _restore_step(
                 ),
             )
         except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exceptions
-            raise _DamageError(_reason(e, step_dir)) from e
+            raise _DamageError(describe_failure(e, within=step_dir)) from e
     finally:
         handler.close()
     return generator, restored["g_params"]
@@ -331,7 +253,7 @@ def load_generator(
     ckpt_dir, steps, explicit = _orbax_steps(os.path.abspath(path))
     arch, config_path = _read_config(ckpt_dir)
     failed = []
-    with _quiet_failed_reads():
+    with orbax_noise_silenced():
         for step in steps:
             step_dir = os.path.join(ckpt_dir, str(step))
             try:

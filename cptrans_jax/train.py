@@ -125,7 +125,7 @@ def main(argv: list[str]) -> None:
             process_id=_PROCESS_ID.value,
         )
     from cptrans_jax import trainer
-    from cptrans_jax.checkpoints import quiet_orbax_failures
+    from cptrans_jax.orbax_errors import quiet_orbax_failures
 
     quiet_orbax_failures()  # a failed save is reported in one line below
     try:
