@@ -8,7 +8,16 @@ order (8 per-device partial sums, then an all-reduce), and with ordinary-scale r
 some G gradients (CTN's second G pass through instance norms) cancel so heavily that either
 order is ~1e-2 (relative) away from the float64 result on some leaves — so float32 parameters
 cannot be held to 1e-6, while a sharding mistake (a wrong mean, a per-device CO statistic) shows
-up in float64 at once. Float32 loss terms are compared as well.
+up in float64 at once.
+
+Float32 loss terms are compared on the *first* iteration only. There both meshes start from the
+same parameters and inputs, so the terms differ only by the order of float32 sums (a mean over
+8 per-device partial sums against one sum): a few units of float32 rounding, ~1e-7 relative
+(3.2e-7 measured). From the second iteration on the parameters differ: Adam's first update is
+lr·g/|g| elementwise, so every gradient element that cancels to rounding noise (the CTN pass's,
+say) can take a step of ±lr on one mesh and ∓lr on the other — a 2·lr = 2e-4 difference in that
+parameter — and the loss terms then differ by up to ~1e-4 relative (1.9e-4 measured on one
+machine, 6e-7 on another), which no float32 bound can hold. Float64 carries the check from there.
 """
 
 import json
@@ -51,9 +60,11 @@ def run(cfg, txs, devices, dtype):
     batch = {k: jnp.asarray(rng.uniform(-1, 1, shape), dtype) for k in "AB"}
     step = jit_iteration(make_iteration(NETS, cfg, *txs), mesh)
     vit = place_replicated(vit, mesh)
-    s, m = step(place_replicated(state, mesh), batch, vit, jax.random.key(3))
+    s, first = step(place_replicated(state, mesh), batch, vit, jax.random.key(3))
+    first = {k: float(v) for k, v in first.items()}
     s, m = step(s, batch, vit, jax.random.key(3))  # two iterations: Adam moments matter too
-    return jax.tree.map(np.asarray, (s.g_params, s.d_params)), {k: float(v) for k, v in m.items()}
+    params = jax.tree.map(np.asarray, (s.g_params, s.d_params))
+    return params, {k: float(v) for k, v in m.items()}, first
 
 
 def main():
@@ -64,8 +75,8 @@ def main():
     for name, cfg, opt in (("cptrans_adam", cptrans, "adam"), ("roma_sgd", roma, "sgd")):
         txs = (adam(1e-4), adam(1e-4)) if opt == "adam" else (optax.sgd(1e-2), optax.sgd(1e-2))
         with jax.enable_x64(True):
-            p1, m1 = run(cfg, txs, 1, jnp.float64)
-            p8, m8 = run(cfg, txs, 8, jnp.float64)
+            p1, m1, _ = run(cfg, txs, 1, jnp.float64)
+            p8, m8, _ = run(cfg, txs, 8, jnp.float64)
         out[name] = {
             "params_f64": max(
                 float(np.abs(a - b).max())
@@ -75,9 +86,12 @@ def main():
             "terms": sorted(m1),
         }
         if name == "cptrans_adam":  # the float32 losses, for the method with every term
-            _, f1 = run(cfg, txs, 1, jnp.float32)
-            _, f8 = run(cfg, txs, 8, jnp.float32)
-            out[name]["loss_rel_f32"] = max(abs(f1[k] - f8[k]) / abs(f1[k]) for k in f1)
+            _, _, f1 = run(cfg, txs, 1, jnp.float32)
+            _, _, f8 = run(cfg, txs, 8, jnp.float32)
+            # First iteration only: see the module docstring.
+            out[name]["loss_rel_f32_first"] = max(
+                abs(f1[k] - f8[k]) / max(abs(f1[k]), 1e-30) for k in f1
+            )
     print(json.dumps(out))
 
 

@@ -45,20 +45,37 @@ def _jax_input_grad(module, params, x, probe):
 
 
 def test_forward_parity_256(paper_generator):
+    """Our float32 G against the float64 truth, as accurate as PyTorch's own float32 G.
+
+    Two float32 implementations through nine residual blocks each carry ~1.5e-5 (max abs) of
+    rounding error that depends on the machine's kernels (8.8e-6 between them on one machine,
+    2.2e-5 on another), so their difference is no stable bound; the distance of each to the
+    float64 result is what tells a wrong layer (O(1) errors) from rounding.
+    """
     net, path = paper_generator
     module, params = load_torch_generator(path)
     assert (module.ngf, module.n_blocks) == (64, 9)
 
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2))
     with torch.no_grad():
-        y_ref = net(torch.tensor(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+        y_ref = net(xt).numpy().transpose(0, 2, 3, 1)
+        y_64 = copy.deepcopy(net).double()(xt.double()).numpy().transpose(0, 2, 3, 1)
     # ordinary-scale weights: the output is O(1), neither saturated nor ~0
     assert 0.2 < np.abs(y_ref).mean() < 0.95
-    y = jax.jit(module.apply)({"params": params}, jnp.asarray(x))
-    out_err = np.abs(np.asarray(y) - y_ref).max()
-    print(f"generator 256x256 float32: max|dy| = {out_err:.2e}")
-    assert out_err <= 2e-5
+    y = np.asarray(jax.jit(module.apply)({"params": params}, jnp.asarray(x)), np.float64)
+    err, ref_err = np.abs(y - y_64).max(), np.abs(y_ref - y_64).max()
+    rms, ref_rms = np.sqrt(np.mean((y - y_64) ** 2)), np.sqrt(np.mean((y_ref - y_64) ** 2))
+    print(
+        f"generator 256x256 float32 vs float64: ours max {err:.2e} rms {rms:.2e}, "
+        f"torch's max {ref_err:.2e} rms {ref_rms:.2e}; ours vs torch's "
+        f"{np.abs(y - y_ref).max():.2e}"
+    )
+    # As accurate as PyTorch's float32 (within 2×), and float32 rounding in absolute terms
+    # (a wrong layer is off by O(0.1)).
+    assert err <= 2 * ref_err and rms <= 2 * ref_rms
+    assert err <= 5e-5
 
 
 @pytest.mark.slow

@@ -28,7 +28,10 @@ def test_one_and_eight_devices_agree():
     # meshes' flows differ by float32 rounding; measured 4e-7 on parameters after two steps.
     assert result["cptrans_adam"]["params_f64"] <= 1e-6
     assert result["cptrans_adam"]["loss_rel_f64"] <= 1e-6
-    assert result["cptrans_adam"]["loss_rel_f32"] <= 1e-5
+    # Float32, first iteration (same parameters on both meshes, only the summation order
+    # differs): a few float32 roundings, measured 3.2e-7. Later iterations are held in float64
+    # only — see mesh_equivalence.py for why float32 cannot bound them.
+    assert result["cptrans_adam"]["loss_rel_f32_first"] <= 1e-5
 
 
 def test_global_batch_must_divide_devices():
