@@ -13,6 +13,7 @@ import pytest
 from cptrans_jax.sharding import check_global_batch, data_mesh
 
 
+@pytest.mark.multidevice
 def test_one_and_eight_devices_agree():
     script = os.path.join(os.path.dirname(__file__), "mesh_equivalence.py")
     out = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)

@@ -175,6 +175,7 @@ def _checksum(text):
     return float(line.rsplit(" ", 1)[1])
 
 
+@pytest.mark.multidevice
 def test_two_processes_on_loopback_agree(tmp_path):
     """Two processes (1 CPU device each, jax.distributed on 127.0.0.1) train two steps; both
     hold the same parameters, equal to one process driving two devices on the same batch."""
@@ -232,6 +233,7 @@ print(json.dumps({"devices": jax.device_count(), "diffs": diffs}))
 """
 
 
+@pytest.mark.multidevice
 def test_eight_devices_train_like_one(tmp_path):
     """The trainer on 8 simulated devices and on 1, same global batch of 8, two steps."""
     import json

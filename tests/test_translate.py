@@ -206,12 +206,12 @@ def test_bad_arguments_are_named(workdir, clip, tmp, capsys):
     assert capsys.readouterr().err == f"error: input {tmp / 'missing.mp4'} does not exist\n"
 
 
-def test_cli_error_exit(tmp):
+def test_cli_error_exit(tmp, clip):
     """The one subprocess: a bad checkpoint exits 2 with one error line and no traceback."""
     (tmp / "notes.txt").write_text("x")
     proc = subprocess.run(
         [sys.executable, "-m", "cptrans_jax.translate", "--checkpoint", str(tmp / "notes.txt"),
-         "--input", str(tmp / "clip.mp4"), "--output", str(tmp / "cli_out")],
+         "--input", str(clip[0]), "--output", str(tmp / "cli_out")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2
