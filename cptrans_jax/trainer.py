@@ -22,6 +22,7 @@ grids), ``samples/step_<n>.png``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -100,6 +101,59 @@ def _local_copy(tree: Any) -> Any:
     return jax.tree.map(lambda a: a.addressable_data(0), tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The jitted functions of one configuration (and the optimizers they close over)."""
+
+    g_tx: Any
+    d_tx: Any
+    init: Callable
+    iteration: Callable
+    translate: Callable
+
+
+_PROGRAMS: collections.OrderedDict[tuple, _Programs] = collections.OrderedDict()
+_MAX_PROGRAMS = 4
+
+
+def _programs(
+    c: ml_collections.ConfigDict, nets: Networks, steps_per_epoch: int, mesh: jax.sharding.Mesh
+) -> _Programs:
+    """The jitted init, iteration and sample translation for ``c`` on ``mesh``.
+
+    Kept per process (the last few configurations), so another ``train`` call with the same
+    networks, objective, optimizer and mesh — a resumed run in a notebook, a sweep over seeds,
+    the tests — reuses the traced and compiled programs instead of tracing them again. The key
+    holds every config value the programs depend on; everything else (seeds, paths, intervals)
+    reaches them as data.
+    """
+    objective = config_lib.build_objective(c)
+    frame = (c.data.frame_size, c.data.frame_size)
+    optim = (c.optim.g_lr, c.optim.d_lr, c.optim.constant_epochs, c.optim.decay_epochs)
+    # Mesh objects that are equal need not hash alike: key by the devices and axis names.
+    where = (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+    key = (nets, objective, optim, steps_per_epoch, frame, where)
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    g_tx, d_tx, g_lr, d_lr = config_lib.build_optimizers(c, steps_per_epoch)
+    rep = replicated(mesh)
+    programs = _Programs(
+        g_tx=g_tx,
+        d_tx=d_tx,
+        init=jax.jit(lambda k: init_train_state(nets, g_tx, d_tx, k, frame), out_shardings=rep),
+        iteration=jit_iteration(
+            with_finite_flag(make_iteration(nets, objective, g_tx, d_tx, g_lr=g_lr, d_lr=d_lr)),
+            mesh,
+        ),
+        translate=jax.jit(nets.translate),
+    )
+    _PROGRAMS[key] = programs
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return programs
+
+
 def json_config(c: ml_collections.ConfigDict) -> dict:
     """The resolved config as plain JSON values (tuples → lists), as it is saved."""
     return json.loads(json.dumps(c.to_dict(), default=str))
@@ -140,17 +194,11 @@ class _Run:
         self.mesh = data_mesh(c.train.num_devices or None)
         check_global_batch(c.data.global_batch_size, self.mesh)
         self.nets: Networks = config_lib.build_networks(c)
-        objective = config_lib.build_objective(c)
         self.source = make_source(c, self.print_fn)
         steps_per_epoch = self.source.steps_per_epoch
         self.total = config_lib.total_steps(c, steps_per_epoch)
-        g_tx, d_tx, g_lr, d_lr = config_lib.build_optimizers(c, steps_per_epoch)
-
+        self.programs = _programs(c, self.nets, steps_per_epoch, self.mesh)
         rep = replicated(self.mesh)
-        frame = (c.data.frame_size, c.data.frame_size)
-        init = jax.jit(
-            lambda key: init_train_state(self.nets, g_tx, d_tx, key, frame), out_shardings=rep
-        )
         if c.model.vit_weights:
             vit_params = load_vit_params(c.model.vit_weights, self.nets.vit.config)
         else:  # demo only (validate() insists on weights for real data): a fixed random ViT
@@ -165,13 +213,7 @@ class _Run:
         )
         self.writer = None
         try:
-            state, start = self._restore(init, rep)
-            self.iteration = jit_iteration(
-                with_finite_flag(
-                    make_iteration(self.nets, objective, g_tx, d_tx, g_lr=g_lr, d_lr=d_lr)
-                ),
-                self.mesh,
-            )
+            state, start = self._restore(self.programs.init, rep)
             self.writer = MetricWriter(
                 os.path.join(self.workdir, "tensorboard"), enabled=self.is_chief
             )
@@ -227,7 +269,7 @@ class _Run:
     def _loop(self, state: TrainState, start: int) -> TrainState:
         """The iterations from ``start`` to ``total``, or until a stop signal (then saved)."""
         c = self.c
-        translate = jax.jit(self.nets.translate)
+        translate = self.programs.translate
         progress = ProgressLogger(
             self.total, every=c.train.log_every, start_step=start, print_fn=self.say
         )
@@ -240,7 +282,9 @@ class _Run:
                 if sample_batch is None:
                     sample_batch = {k: v[:SAMPLE_ROWS, 0] for k, v in local.items()}
                 batch = _global_batch(local, self.mesh)
-                state, metrics = self.iteration(state, batch, self.vit_params, self.base_rng)
+                state, metrics = self.programs.iteration(
+                    state, batch, self.vit_params, self.base_rng
+                )
                 step += 1
                 metrics = watch.add(step, metrics)
                 self.checkpointer.poll()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -353,13 +352,11 @@ def test_divergence_is_caught_at_its_step_not_at_the_next_log(tmp_path, monkeypa
 # ------------------------------------------------------------------------ disks and folders
 
 
-def _limit_file_size(limit: int):
-    def preexec() -> None:
-        # Writes past the limit fail with EFBIG (Python ignores SIGXFSZ): a full disk for
-        # every file, as far as the trainer can tell, without needing a small file system.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return preexec
+def _with_file_size_limit(kilobytes: int, args: list[str]) -> list[str]:
+    """``args`` run under ``ulimit -f``: writes past the limit fail with EFBIG (Python ignores
+    SIGXFSZ), a full disk for every file as far as the trainer can tell, with no small file
+    system to mount. (Through a shell rather than preexec_fn: no fork of a threaded process.)"""
+    return ["bash", "-c", f'ulimit -f {kilobytes} && exec "$@"', "bash", *args]
 
 
 def test_full_disk_mid_run_is_reported_at_the_failed_save(tmp_path):
@@ -370,12 +367,13 @@ def test_full_disk_mid_run_is_reported_at_the_failed_save(tmp_path):
     run = tmp_path / "run"
     _train(tmp_path, **{"train.max_steps": 2, "train.sample_every": 1000})
     proc = subprocess.run(
-        _cli(run, "--config.train.max_steps=8", "--config.train.sample_every=1000"),
+        _with_file_size_limit(
+            64, _cli(run, "--config.train.max_steps=8", "--config.train.sample_every=1000")
+        ),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=_limit_file_size(64 * 1024),
     )
     line = _assert_one_line_error(proc, f"saving checkpoint 4 to {run}/checkpoints failed")
     assert "File too large" in line and "the checkpoints kept are [2]" in line
@@ -389,12 +387,11 @@ def test_full_disk_mid_run_is_reported_at_the_failed_save(tmp_path):
 
 def test_full_disk_at_start(tmp_path):
     proc = subprocess.run(
-        _cli(tmp_path / "run"),
+        _with_file_size_limit(1, _cli(tmp_path / "run")),  # below the 16 KB the start checks
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=_limit_file_size(1024),  # below the 16 KB the start writes to check
     )
     _assert_one_line_error(proc, f"workdir {tmp_path}/run is not writable: File too large")
 

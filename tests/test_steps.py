@@ -221,11 +221,16 @@ def test_co_by_vmap_and_fast_path_give_the_same_iteration():
     G, vit, D = torch_nets(4)
     txs = (optax.sgd(1e-2), optax.sgd(1e-2))  # SGD: updates are the gradients themselves
     state, vit_params = jax_state(G, D, vit, *txs)
+    mesh = data_mesh(1)
+    vit_params = place_replicated(vit_params, mesh)
     out = {}
     for impl in ("fast", "vmap"):
+        # The fast path's program is test_iteration_gradient_parity_sgd[cptrans]'s (the chunk
+        # size is the vmap path's alone), so the compilation cache holds it already.
         cfg = cptrans_variant("full", co_impl=impl, co_chunk_size=16, **CTN)
-        step = jax.jit(make_iteration(NETS, cfg, *txs))
-        out[impl] = step(state, clips(cfg), vit_params, jax.random.key(0))
+        step = jit_iteration(make_iteration(NETS, cfg, *txs), mesh)
+        copy = jax.tree.map(lambda a: np.array(a, copy=True), state)  # the step donates it
+        out[impl] = step(place_replicated(copy, mesh), clips(cfg), vit_params, jax.random.key(0))
     (s_fast, m_fast), (s_vmap, m_vmap) = out["fast"], out["vmap"]
     assert m_fast.keys() == m_vmap.keys()
     for k in m_fast:
