@@ -213,7 +213,100 @@ def test_a_mismatch_is_not_damage(tmp_path, sharding):
         assert ckpt.all_steps() == [1, 2, 3]
 
 
-# ---------------------------------------------------- the trainer: resume, config, signals
+# ------------------------------------------------------------------------ disks and folders
+
+
+def _with_file_size_limit(kilobytes: int, args: list[str]) -> list[str]:
+    """``args`` run under ``ulimit -f``: writes past the limit fail with EFBIG (Python ignores
+    SIGXFSZ), a full disk for every file as far as the trainer can tell, with no small file
+    system to mount. (Through a shell rather than preexec_fn: no fork of a threaded process.)"""
+    return ["bash", "-c", f'ulimit -f {kilobytes} && exec "$@"', "bash", *args]
+
+
+def test_full_disk_at_start(tmp_path):
+    proc = subprocess.run(
+        _with_file_size_limit(1, _cli(tmp_path / "run")),  # below the 16 KB the start checks
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _assert_one_line_error(proc, f"workdir {tmp_path}/run is not writable: File too large")
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    proc = subprocess.run(
+        _cli(tmp_path / "run"), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    _assert_one_line_error(proc, f"workdir {tmp_path}/run is a file, not a directory")
+
+
+def test_read_only_workdir(tmp_path, monkeypatch):
+    """A real read-only folder where the tests do not run as root (root writes anyway); as
+    root, the write the check makes fails as a read-only file system would."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    if os.geteuid() == 0:
+
+        def refuse(*args, **kwargs):
+            raise OSError(30, "Read-only file system", str(target))
+
+        monkeypatch.setattr(workdir.tempfile, "mkstemp", refuse)
+    else:
+        target.chmod(0o555)
+    try:
+        with pytest.raises(WorkdirError) as info:
+            trainer.train(tiny_config(), str(target), **QUIET)
+    finally:
+        target.chmod(0o755)
+    assert str(info.value) == (
+        f"workdir {target} is not writable: "
+        + ("Read-only file system" if os.geteuid() == 0 else "Permission denied")
+        + " (read-only or not yours)"
+    )
+    assert os.listdir(target) == []
+
+
+# ---------------------------------------------------------------------- bad command lines
+
+BAD_COMMAND_LINES = {
+    "unknown config file": (
+        ["--config", "configs/nope.py"],
+        ["config file configs/nope.py not found; the configs are: configs/demo.py"],
+    ),
+    "bad config argument": (
+        ["--config", "configs/infraredcity_lite.py:scene=monitr"],
+        ["scene must be one of", "got 'monitr'"],
+    ),
+    "unknown field": (
+        ["--config", "configs/demo.py", "--config.data.frame_sz=3"],
+        ['unknown field frame_sz; Did you mean "frame_size"'],
+    ),
+    "infinite learning rate": (
+        ["--config", "configs/demo.py", "--config.optim.g_lr=inf"],
+        ["config field optim.g_lr: must be a finite number > 0, got inf"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMAND_LINES))
+def test_bad_command_lines_are_one_line(tmp_path, case):
+    args, fragments = BAD_COMMAND_LINES[case]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cptrans_jax.train", *args, "--workdir", str(tmp_path / "w")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------- the trainer: resume, config, signals, a full disk
+# (Last in the file: by then the other worker has compiled the tiny networks' programs, and
+# the persistent compilation cache serves them.)
 
 
 def _train(tmp_path, name="run", **overrides):
@@ -349,16 +442,6 @@ def test_divergence_is_caught_at_its_step_not_at_the_next_log(tmp_path, monkeypa
     assert Checkpointer(tmp_path / "run/checkpoints", save_every=2, keep=3).all_steps() == [2]
 
 
-# ------------------------------------------------------------------------ disks and folders
-
-
-def _with_file_size_limit(kilobytes: int, args: list[str]) -> list[str]:
-    """``args`` run under ``ulimit -f``: writes past the limit fail with EFBIG (Python ignores
-    SIGXFSZ), a full disk for every file as far as the trainer can tell, with no small file
-    system to mount. (Through a shell rather than preexec_fn: no fork of a threaded process.)"""
-    return ["bash", "-c", f'ulimit -f {kilobytes} && exec "$@"', "bash", *args]
-
-
 def test_full_disk_mid_run_is_reported_at_the_failed_save(tmp_path):
     """After a first run to step 2, a restart on a "disk" that takes no file over 64 KB (the
     checkpoint's data files are larger): the save of step 4 fails, in one line naming step 4,
@@ -383,84 +466,3 @@ def test_full_disk_mid_run_is_reported_at_the_failed_save(tmp_path):
     assert sorted(os.listdir(run / "checkpoints")) == ["2"]  # no partial step left either
     state = _train(tmp_path, **{"train.max_steps": 3, "train.sample_every": 1000})
     assert int(state.step) == 3
-
-
-def test_full_disk_at_start(tmp_path):
-    proc = subprocess.run(
-        _with_file_size_limit(1, _cli(tmp_path / "run")),  # below the 16 KB the start checks
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    _assert_one_line_error(proc, f"workdir {tmp_path}/run is not writable: File too large")
-
-
-def test_workdir_that_is_a_file(tmp_path):
-    (tmp_path / "run").write_text("not a folder")
-    proc = subprocess.run(
-        _cli(tmp_path / "run"), cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    _assert_one_line_error(proc, f"workdir {tmp_path}/run is a file, not a directory")
-
-
-def test_read_only_workdir(tmp_path, monkeypatch):
-    """A real read-only folder where the tests do not run as root (root writes anyway); as
-    root, the write the check makes fails as a read-only file system would."""
-    target = tmp_path / "ro"
-    target.mkdir()
-    if os.geteuid() == 0:
-
-        def refuse(*args, **kwargs):
-            raise OSError(30, "Read-only file system", str(target))
-
-        monkeypatch.setattr(workdir.tempfile, "mkstemp", refuse)
-    else:
-        target.chmod(0o555)
-    try:
-        with pytest.raises(WorkdirError) as info:
-            trainer.train(tiny_config(), str(target), **QUIET)
-    finally:
-        target.chmod(0o755)
-    assert str(info.value) == (
-        f"workdir {target} is not writable: "
-        + ("Read-only file system" if os.geteuid() == 0 else "Permission denied")
-        + " (read-only or not yours)"
-    )
-    assert os.listdir(target) == []
-
-
-# ---------------------------------------------------------------------- bad command lines
-
-BAD_COMMAND_LINES = {
-    "unknown config file": (
-        ["--config", "configs/nope.py"],
-        ["config file configs/nope.py not found; the configs are: configs/demo.py"],
-    ),
-    "bad config argument": (
-        ["--config", "configs/infraredcity_lite.py:scene=monitr"],
-        ["scene must be one of", "got 'monitr'"],
-    ),
-    "unknown field": (
-        ["--config", "configs/demo.py", "--config.data.frame_sz=3"],
-        ['unknown field frame_sz; Did you mean "frame_size"'],
-    ),
-    "infinite learning rate": (
-        ["--config", "configs/demo.py", "--config.optim.g_lr=inf"],
-        ["config field optim.g_lr: must be a finite number > 0, got inf"],
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_COMMAND_LINES))
-def test_bad_command_lines_are_one_line(tmp_path, case):
-    args, fragments = BAD_COMMAND_LINES[case]
-    proc = subprocess.run(
-        [sys.executable, "-m", "cptrans_jax.train", *args, "--workdir", str(tmp_path / "w")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    _assert_one_line_error(proc, *fragments)
-    assert not (tmp_path / "w").exists()
