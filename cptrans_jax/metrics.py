@@ -3,8 +3,9 @@
 * ``MetricWriter`` — TensorBoard event files through ``tensorboardX`` (no TensorFlow). Only one
   process should write: the trainer passes ``enabled=jax.process_index() == 0``; a disabled
   writer creates no directory and no file.
-* ``ProgressLogger`` — one line every ``every`` steps with the rate since the previous line, the
-  ETA and the loss terms; the clock and the print function are injectable for tests.
+* ``ProgressLogger`` — a line at the first step and every ``every`` steps with the rate and ETA
+  over the recent lines (:func:`rate_and_eta`) and the loss terms; the clock and the print
+  function are injectable for tests.
 * ``to_uint8`` / ``image_grid`` / ``save_png`` — images in [-1, 1] to 8-bit by the output
   quantisation of SPEC §5 (clamp to [-1, 1], (x+1)/2·255, truncate), which is the authors'
   ``tensor2im``.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import math
@@ -138,13 +140,34 @@ def _format_value(value: float) -> str:
     return f"{value:.4f}"
 
 
+def rate_and_eta(
+    marks: Sequence[tuple[int, float]], total_steps: int
+) -> tuple[float, float] | None:
+    """(steps per second, seconds left) from ``(step, time)`` marks, oldest first.
+
+    The rate is measured between the first and the last mark; the time left is the steps from
+    the last mark to ``total_steps`` at that rate. None when the marks span no step or no time.
+    """
+    if len(marks) < 2:
+        return None
+    (first_step, first_time), (last_step, last_time) = marks[0], marks[-1]
+    steps, elapsed = last_step - first_step, last_time - first_time
+    if steps <= 0 or elapsed <= 0:
+        return None
+    rate = steps / elapsed
+    return rate, max(total_steps - last_step, 0) / rate
+
+
 class ProgressLogger:
     """Prints ``step 120/4000 | 1.83 it/s | ETA 0:35:12 | loss/d 0.5382 loss/g 2.7654``.
 
-    A line is printed at every multiple of ``every`` and at ``total_steps``. The rate is measured
-    over the steps since the previous line (or since construction at ``start_step``, so a
-    resumed run does not count the steps it skipped), and the ETA is the remaining steps at
-    that rate. Metrics are printed sorted by name.
+    A line is printed at the first step after ``start_step`` (the first sign of life once the
+    iteration has compiled), at every multiple of ``every`` and at ``total_steps``. Rate and
+    ETA are measured over the recent lines only — from the oldest of the last ``window`` + 1
+    lines to this one — so the compilation before the first step never enters them (the first
+    line has no interval of its own to measure: ``-- it/s``), and a slow stretch (a sample's
+    first compile, a checkpoint) drops out after ``window`` lines. Metrics are printed sorted
+    by name.
     """
 
     def __init__(
@@ -153,36 +176,40 @@ class ProgressLogger:
         *,
         every: int,
         start_step: int = 0,
+        window: int = 5,
         print_fn: Callable[[str], object] = print,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self.total_steps = total_steps
         self.every = every
+        self.start_step = start_step
         self._print = print_fn
         self._clock = clock
-        self._last_step = start_step
-        self._last_time = clock()
+        self._marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=window + 1)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` gets a line (the trainer fetches the metrics only then)."""
+        return step == self.start_step + 1 or step % self.every == 0 or step == self.total_steps
 
     def log(self, step: int, metrics: Mapping[str, float]) -> bool:
         """Prints the line of ``step`` if it is due; returns whether it printed."""
-        if step % self.every != 0 and step != self.total_steps:
+        if not self.due(step):
             return False
-        now = self._clock()
-        steps, elapsed = step - self._last_step, now - self._last_time
-        if steps > 0 and elapsed > 0:
-            rate = steps / elapsed
-            speed = f"{rate:.2f} it/s"
-            eta = _format_duration(max(self.total_steps - step, 0) / rate)
-        else:  # no time or no steps since the last line: no rate to report
+        self._marks.append((step, self._clock()))
+        estimate = rate_and_eta(self._marks, self.total_steps)
+        if estimate is not None:
+            speed, eta = f"{estimate[0]:.2f} it/s", _format_duration(estimate[1])
+        else:  # the first line, or no time since the last: no rate to report
             speed, eta = "-- it/s", "--"
         terms = " ".join(f"{k} {_format_value(float(metrics[k]))}" for k in sorted(metrics))
         line = f"step {step}/{self.total_steps} | {speed} | ETA {eta}"
         if terms:
             line += f" | {terms}"
         self._print(line)
-        self._last_step, self._last_time = step, now
         return True
 
 

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -152,6 +153,20 @@ def _programs(
     while len(_PROGRAMS) > _MAX_PROGRAMS:
         _PROGRAMS.popitem(last=False)
     return programs
+
+
+def _cache_size(fn: Callable) -> int | None:
+    """How many compiled versions a jitted function holds (None where JAX does not say)."""
+    size = getattr(fn, "_cache_size", None)
+    return size() if callable(size) else None
+
+
+def _compile_line(seconds: float, before: int | None, programs: _Programs) -> str:
+    """The line printed after the first iteration call of a start: how long compiling took."""
+    after = _cache_size(programs.iteration)
+    if before is not None and after == before:  # another train() in this process compiled it
+        return f"training iteration already compiled in this process ({seconds:.1f} s)"
+    return f"training iteration compiled in {seconds:.1f} s"
 
 
 def json_config(c: ml_collections.ConfigDict) -> dict:
@@ -282,14 +297,24 @@ class _Run:
                 if sample_batch is None:
                     sample_batch = {k: v[:SAMPLE_ROWS, 0] for k, v in local.items()}
                 batch = _global_batch(local, self.mesh)
+                first = step == start
+                if first:
+                    compiled = _cache_size(self.programs.iteration)
+                    if not compiled:  # a fresh process: say what the coming silence is
+                        self.say("compiling the training iteration…")
+                    began = time.monotonic()
                 state, metrics = self.programs.iteration(
                     state, batch, self.vit_params, self.base_rng
                 )
+                if first:
+                    # The first call returns once traced and compiled (the step itself runs
+                    # asynchronously): the minute of silence a user would otherwise wonder about.
+                    self.say(_compile_line(time.monotonic() - began, compiled, self.programs))
                 step += 1
                 metrics = watch.add(step, metrics)
                 self.checkpointer.poll()
                 last = step == self.total
-                if step % c.train.log_every == 0 or last:
+                if progress.due(step):
                     watch.check(block=True)
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     progress.log(step, values)

@@ -1,4 +1,4 @@
-"""MetricWriter event files, the progress line, the image quantisation and grid, check_finite."""
+"""MetricWriter event files, the progress line and its ETA, image grids, check_finite."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from cptrans_jax.metrics import (
     ProgressLogger,
     check_finite,
     image_grid,
+    rate_and_eta,
     save_png,
     to_uint8,
 )
@@ -85,37 +86,67 @@ class FakeClock:
         return self.now
 
 
-def test_progress_logger_line(tmp_path):
+def test_rate_and_eta_hand_values():
+    assert rate_and_eta([], 100) is None
+    assert rate_and_eta([(5, 1.0)], 100) is None  # one mark: no interval
+    assert rate_and_eta([(5, 1.0), (5, 3.0)], 100) is None  # no step
+    assert rate_and_eta([(5, 1.0), (9, 1.0)], 100) is None  # no time
+    # From the first mark to the last: 19 steps in 9.5 s = 2 it/s; 3980 left = 1990 s.
+    assert rate_and_eta([(1, 150.5), (20, 160.0)], 4000) == (2.0, 1990.0)
+    # Marks between the ends do not matter: 40 steps in 15 s; 40 steps left = 15 s.
+    rate, eta = rate_and_eta([(20, 10.0), (40, 20.0), (60, 25.0)], 100)
+    assert rate == pytest.approx(40 / 15) and eta == pytest.approx(15.0)
+    assert rate_and_eta([(0, 0.0), (10, 5.0)], 8) == (2.0, 0.0)  # past the end: nothing left
+
+
+def test_progress_logger_first_step_and_recent_window():
     clock, lines = FakeClock(), []
-    logger = ProgressLogger(4000, every=20, start_step=100, print_fn=lines.append, clock=clock)
+    logger = ProgressLogger(4000, every=20, window=2, print_fn=lines.append, clock=clock)
     metrics = {"loss/g": 2.76543, "loss/d": 0.53821, "lr/g": 2e-6}
 
-    clock.now += 5.0
-    assert not logger.log(110, metrics)  # not a multiple of every
-    clock.now += 5.0
-    assert logger.log(120, metrics)  # 20 steps in 10 s since start (step 100)
-    # 2.00 it/s; 3880 steps left → 1940 s = 0:32:20. Metrics sorted by name.
-    assert lines == [
-        "step 120/4000 | 2.00 it/s | ETA 0:32:20 | loss/d 0.5382 loss/g 2.7654 lr/g 2.000e-06"
-    ]
+    clock.now += 50.5  # the compilation and the first step
+    assert logger.due(1) and logger.log(1, metrics)  # the first step, though not a multiple
+    # Its only interval holds the compilation: no rate. Metrics sorted by name.
+    assert lines == ["step 1/4000 | -- it/s | ETA -- | loss/d 0.5382 loss/g 2.7654 lr/g 2.000e-06"]
+    assert not logger.due(2) and not logger.log(2, metrics)
 
-    clock.now += 40.0  # the rate is measured since the previous line only
-    logger.log(140, {"loss/g": 1.0})
-    assert lines[-1] == "step 140/4000 | 0.50 it/s | ETA 2:08:40 | loss/g 1.0000"
+    clock.now = 160.0  # 19 steps in 9.5 s since step 1: the 50 s of compiling do not count
+    logger.log(20, {"loss/g": 1.0})
+    assert lines[-1] == "step 20/4000 | 2.00 it/s | ETA 0:33:10 | loss/g 1.0000"
 
-    clock.now += 1.0
-    logger.log(4000, {})  # the last step, without metrics
-    assert lines[-1] == "step 4000/4000 | 3860.00 it/s | ETA 0:00:00"
+    clock.now = 200.0  # a slow stretch: 20 steps in 40 s; window 1→40: 39 steps in 49.5 s
+    logger.log(40, {})
+    assert lines[-1] == "step 40/4000 | 0.79 it/s | ETA 1:23:46"  # 3960 / (39 / 49.5) s
+    clock.now = 210.0
+    logger.log(60, {})  # window 20→60: 40 steps in 50 s, the slow stretch included
+    assert lines[-1] == "step 60/4000 | 0.80 it/s | ETA 1:22:05"
+    clock.now = 220.0
+    logger.log(80, {})  # window 40→80: 40 steps in 20 s: the slow stretch has dropped out
+    assert lines[-1] == "step 80/4000 | 2.00 it/s | ETA 0:32:40"
+    clock.now = 230.0
+    logger.log(100, {})  # window 60→100
+    assert lines[-1] == "step 100/4000 | 2.00 it/s | ETA 0:32:30"
+
+    clock.now = 2180.0
+    assert logger.log(4000, {})  # the last step is a line of its own
+    assert lines[-1] == "step 4000/4000 | 2.00 it/s | ETA 0:00:00"
 
 
-def test_progress_logger_final_step_and_no_elapsed_time():
+def test_progress_logger_resumed_run_and_no_elapsed_time():
     clock, lines = FakeClock(), []
-    logger = ProgressLogger(25, every=10, print_fn=lines.append, clock=clock)
-    logger.log(10, {"loss/g": 1.0})  # no time has passed: no rate to divide by
-    assert lines == ["step 10/25 | -- it/s | ETA -- | loss/g 1.0000"]
-    clock.now += 3.0
-    assert logger.log(25, {"loss/g": 0.5})  # the final step is printed though not a multiple
-    assert lines[-1] == "step 25/25 | 5.00 it/s | ETA 0:00:00 | loss/g 0.5000"
+    logger = ProgressLogger(25, every=10, start_step=12, print_fn=lines.append, clock=clock)
+    assert [s for s in range(13, 26) if logger.due(s)] == [13, 20, 25]
+    logger.log(13, {"loss/g": 1.0})
+    logger.log(20, {"loss/g": 0.5})  # no time has passed: no rate to divide by
+    assert lines == [
+        "step 13/25 | -- it/s | ETA -- | loss/g 1.0000",
+        "step 20/25 | -- it/s | ETA -- | loss/g 0.5000",
+    ]
+    clock.now += 3.5
+    assert logger.log(25, {})  # 12 steps in 3.5 s since step 13 (the window holds both lines)
+    assert lines[-1] == "step 25/25 | 3.43 it/s | ETA 0:00:00"
+    with pytest.raises(ValueError, match="window"):
+        ProgressLogger(25, every=10, window=0)
 
 
 def test_to_uint8_hand_values():

@@ -1,6 +1,7 @@
 """End-to-end training on the built-in demo with tiny networks (issue 4)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,19 @@ def test_two_step_training_writes_everything(tmp_path, arg):
     assert Checkpointer(tmp_path / "checkpoints", save_every=2, keep=3).latest_step() == 2
     assert os.listdir(tmp_path / "samples") == ["step_0000002.png"]
     assert os.path.getsize(next((tmp_path / "tensorboard").iterdir())) > 1000
-    assert lines[0].startswith("step 1/2 |") and "loss/g " in lines[0] and "lr/g " in lines[0]
+    # Whether this process compiled the tiny program already depends on the tests before; the
+    # first-compile wording is test_ctrl_c_saves_and_exits_130's (a fresh process).
+    if lines[0] == "compiling the training iteration…":
+        assert re.fullmatch(r"training iteration compiled in \d+\.\d s", lines[1]), lines[1]
+    else:
+        assert re.fullmatch(
+            r"training iteration already compiled in this process \(\d+\.\d s\)", lines[0]
+        ), lines[0]
+        lines.insert(0, "")
+    # Step 1 is printed at once (log_every is 1 here, but due() makes it so for any value).
+    assert lines[2].startswith("step 1/2 | -- it/s | ETA -- | ")
+    assert "loss/g " in lines[2] and "lr/g " in lines[2]
+    assert lines[3].startswith("step 2/2 | ") and "it/s | ETA 0:00:00 | " in lines[3]
     for leaf in jax.tree.leaves(params_of(state)):
         assert np.all(np.isfinite(leaf))
 
@@ -86,6 +99,10 @@ def test_resume_is_bit_identical(tmp_path):
         tiny_config(**{"train.max_steps": 4}), str(tmp_path / "b"), print_fn=lines.append
     )
     assert lines[0].startswith("resumed from") and "(step 2 of 4)" in lines[0]
+    # The third train() of this config in this process: nothing to compile, and it says so.
+    assert lines[1] == "config change since step 2: train.max_steps: 2 -> 4"
+    assert lines[2].startswith("training iteration already compiled in this process (")
+    assert lines[3].startswith("step 3/4 | -- it/s | ETA -- | ")
     assert int(resumed.step) == 4
     for a, b in zip(
         jax.tree.leaves(params_of(straight)), jax.tree.leaves(params_of(resumed)), strict=True
@@ -122,6 +139,11 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     deadline = time.time() + 300
     for line in proc.stdout:  # wait for a few real iterations before interrupting
         seen.append(line)
+        if len(seen) <= 2:  # a fresh process: the compile is announced, then timed
+            assert seen[0] == "compiling the training iteration…\n", seen
+            assert len(seen) == 1 or re.fullmatch(
+                r"training iteration compiled in [\d.]+ s\n", line
+            )
         if line.startswith("step 3/"):
             proc.send_signal(signal.SIGINT)
             break
