@@ -152,8 +152,20 @@ def test_resize_and_crop_shared_by_the_frames_of_a_clip():
     assert len(offsets) > 1  # crops differ between clips
 
 
-def test_errors(tmp_path, pair_data):
+def test_errors(tmp_path, pair_data, frames_data):
     with pytest.raises(DataNotFoundError, match=r"not built in data dir .*data_prep/build\.py"):
         source(tmp_path / "empty")
+    # Built with --layout frames, trained without layout=frames: the build that exists is named,
+    # with both ways to select it, instead of advice to build the other layout.
+    with pytest.raises(DataNotFoundError) as e:
+        source(frames_data, layout="packed")
+    assert str(e.value) == (
+        f"infraredcity_adverse/rain is not built in data dir {frames_data!r} (looked for "
+        f"{frames_data}/infraredcity_adverse/rain/1.0.0), but infraredcity_adverse/rain_frames "
+        "is: the scene was built with --layout frames. Train on it with layout=frames in the "
+        "config argument (e.g. --config configs/infraredcity_adverse.py:scene=rain,layout=frames)"
+        " or with --config.data.layout=frames"
+    )
+    assert "data_prep/build.py" not in str(e.value)
     with pytest.raises(ValueError, match="no infrared clips of 3 adjacent frames .*packed file"):
         source(pair_data, dataset="infraredcity_lite", scene="monitor", layout="packed")

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from cptrans_jax.data.builders import FILE_FORMAT, config_name, frame_table, make_builder
+from cptrans_jax.data.layouts import LAYOUTS
 from cptrans_jax.data.source import host_slice
 
 _HUGE = 2**62  # "endless": the length of the host's index stream
@@ -104,6 +105,30 @@ class DataNotFoundError(FileNotFoundError):
     """The data set was not built into the data dir; the message says how to build it."""
 
 
+def _not_built(dataset: str, scene: str, layout: str, data_dir: str | os.PathLike, builder) -> str:
+    """Why the scene cannot be read: the same scene built in the other layout (a config that
+    forgot ``layout=``) is named with how to train on it; otherwise how to build it."""
+    missing = (
+        f"{dataset}/{config_name(scene, layout)} is not built in data dir {data_dir!r} "
+        f"(looked for {builder.data_path})"
+    )
+    if os.path.isdir(data_dir):
+        for other in (x for x in LAYOUTS if x != layout):
+            built = make_builder(dataset, scene, other, data_dir)
+            if built.is_prepared():
+                return (
+                    f"{missing}, but {dataset}/{config_name(scene, other)} is: the scene was "
+                    f"built with --layout {other}. Train on it with layout={other} in the "
+                    f"config argument (e.g. --config configs/{dataset}.py:scene={scene},"
+                    f"layout={other}) or with --config.data.layout={other}"
+                )
+    return (
+        f"{missing}. Build it with: python data_prep/build.py --dataset {dataset} "
+        f"--scene {scene} --layout {layout} --manual_dir <downloaded folder> "
+        f"--data_dir {data_dir}"
+    )
+
+
 class TFDSClipSource:
     """``ClipSource`` over a built scene: this process's rows of every global batch."""
 
@@ -130,12 +155,7 @@ class TFDSClipSource:
             raise ValueError(f"need 0 < frame_size ≤ load_size, got {frame_size}, {load_size}")
         builder = make_builder(dataset, scene, layout, data_dir)
         if not os.path.isdir(data_dir) or not builder.is_prepared():
-            raise DataNotFoundError(
-                f"{dataset}/{config_name(scene, layout)} is not built in data dir {data_dir!r} "
-                f"(looked for {builder.data_path}). Build it with: python data_prep/build.py "
-                f"--dataset {dataset} --scene {scene} --layout {layout} "
-                f"--manual_dir <downloaded folder> --data_dir {data_dir}"
-            )
+            raise DataNotFoundError(_not_built(dataset, scene, layout, data_dir, builder))
         rows = host_slice(global_batch_size, process_index, process_count)
         self.local_batch_size = rows.stop - rows.start
         self._global_batch = global_batch_size
