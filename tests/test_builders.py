@@ -255,6 +255,102 @@ def test_validate_reports_every_problem(tmp_path, capsys):
     assert "problem: missing folder" in capsys.readouterr().out
 
 
+def test_validate_groups_a_repeated_problem_and_names_the_fix(tmp_path, capsys):
+    """A tree of plain frames checked as packed files (no --layout frames): every file has the
+    same problem, printed as one count with three examples, then the fix."""
+    validate = load_script("validate")
+    frames_tree(tmp_path / "manual")
+    for i in range(5):  # enough non-image files to be grouped too
+        (tmp_path / f"manual/rain/trainA/video0/notes{i}.txt").write_text("x")
+    args = ["--dataset", "infraredcity_adverse", "--scene", "rain", "--manual_dir"]
+    assert validate.main([*args, os.fspath(tmp_path / "manual")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    files = sum(sum(v) for v in FRAME_VIDEOS.values())  # one file per frame
+    scene = tmp_path / "manual/rain"
+    assert lines[:4] == [f"{scene / d}: 0 frames" for d in ("trainA", "trainB", "testA", "testB")]
+    assert lines[4] == "note: 5 non-image files, e.g.:"
+    assert lines[8] == "  … and 2 more"
+    assert lines[9] == (
+        f"problem: {files} files are not packed files of 2 frames (2·H wide, H high), e.g.:"
+    )
+    assert lines[10] == (
+        f"  {scene}/trainA/video0/f_0.png: is 8×8; a packed file of 2 frames must be 2·H wide "
+        "and H high (e.g. 512×256). Is this a plain frame? Use the 'frames' layout for those."
+    )
+    assert [line.split(":")[0] for line in lines[11:13]] == [
+        f"  {scene}/trainA/video0/f_1.png",
+        f"  {scene}/trainA/video0/f_2.png",
+    ]
+    assert lines[13] == f"  … and {files - 3} more"
+    assert lines[14:] == [
+        f"{files} problem(s): {scene} cannot be built as packed yet; likely fix: no file holds 2 "
+        "frames side by side, so these look like folders of plain frames: run again with "
+        "--layout frames (and build with --layout frames)"
+    ]
+    # and with that fix it passes (the notes stay, listed as before)
+    assert validate.main([*args, os.fspath(tmp_path / "manual"), "--layout", "frames"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"ok: {scene} matches the frames layout of infraredcity_adverse"
+    )
+
+
+def test_truncated_video_keeps_its_frames_visibly(tmp_path, capsys):
+    """A video cut short: video_to_frames keeps the decodable frames, says so (counts, exit 1)
+    and marks the folder; validate and build then report the marker instead of taking the
+    frames silently; a complete conversion into the folder removes the marker."""
+    from cptrans_jax import video_io
+
+    frames_tree(tmp_path / "manual")
+    noisy = np.random.default_rng(0).integers(0, 256, (12, 48, 64, 3), dtype=np.uint8)
+    video_io.write_video(tmp_path / "whole" / "cut.avi", noisy, fps=25)
+    data = (tmp_path / "whole" / "cut.avi").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.avi").write_bytes(data[: len(data) // 2])  # 6 of 12 frames decode
+    trainA = tmp_path / "manual/rain/trainA"
+    assert load_script("video_to_frames").main([str(tmp_path / "in"), str(trainA)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    reason = (
+        f"{tmp_path / 'in' / 'cut.avi'}: video is truncated or corrupt: the container announces "
+        "12 frames, only 6 could be decoded"
+    )
+    assert err == [
+        f"warning: {reason}; kept its 6 frames in {trainA / 'cut'}, marked by "
+        f"{trainA / 'cut' / 'INCOMPLETE.txt'} (validate.py and build.py report it)",
+        "0 of 1 videos complete, 1 incomplete (frames kept, marked), 0 skipped",
+    ]
+    assert sorted(os.listdir(trainA / "cut")) == [f"{i:06d}.png" for i in range(6)] + [
+        "INCOMPLETE.txt"
+    ]
+    warning = (
+        f"warning: {trainA / 'cut'}: incomplete video: {reason}; kept the first 6 decoded "
+        "frames as 6 PNGs"
+    )
+    args = ["--dataset", "infraredcity_adverse", "--scene", "rain", "--layout", "frames"]
+    assert load_script("validate").main([*args, "--manual_dir", str(tmp_path / "manual")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert warning in out and not any(line.startswith("note: ") for line in out)
+    assert f"{trainA}: {4 + 12 + 6} frames" in out  # the fixture's two videos and the 6 kept
+    assert out[-1] == (
+        f"ok: {tmp_path / 'manual/rain'} matches the frames layout of infraredcity_adverse; "
+        "1 frame folder(s) from incomplete videos (warnings above)"
+    )
+    lines = []
+    builders.build(
+        "infraredcity_adverse",
+        "rain",
+        "frames",
+        tmp_path / "manual",
+        tmp_path / "data",
+        print_fn=lines.append,
+    )
+    assert "train: 25 frames from 4 videos; 1 incomplete videos" in lines
+    assert f"  {warning}" in lines
+    # The whole video converted into the same folder: complete now, the marker goes.
+    assert load_script("video_to_frames").main([str(tmp_path / "whole"), str(trainA)]) == 0
+    assert len(os.listdir(trainA / "cut")) == 12
+    assert capsys.readouterr().err == ""
+
+
 def test_build_script(tmp_path, capsys):
     build = load_script("build")
     pair_tree(tmp_path / "manual")

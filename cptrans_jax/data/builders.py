@@ -258,9 +258,12 @@ def build(
             f"{split}: {report.frames} frames from {report.videos} videos"
             + (f"; skipped {len(report.skipped)} corrupt files" if report.skipped else "")
             + (f"; ignored {len(report.ignored)} non-image files" if report.ignored else "")
+            + (f"; {len(report.incomplete)} incomplete videos" if report.incomplete else "")
         )
         for line in report.skipped:
             print_fn(f"  skipped {line}")
+        for line in report.incomplete:
+            print_fn(f"  warning: {line}")
     for split in DOMAIN_DIRS:
         table = frame_table(builder, split)
         counts = np.bincount(table["domain"], minlength=2)

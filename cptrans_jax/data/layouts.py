@@ -15,6 +15,11 @@ Frames are returned as uint8 RGB arrays; gray (8- or 16-bit) frames are replicat
 channels, as the authors' ``convert('RGB')`` does. Anything else — a file that does not decode, an
 alpha or CMYK channel, a packed file whose width is not ``k`` times its height, a frame whose size
 differs from the rest of its video — is an error naming the file and what was expected.
+
+A frame folder holding ``INCOMPLETE.txt`` came from a video that broke off (a truncated or
+damaged file): ``data_prep/video_to_frames.py`` kept the frames decoded before the damage and
+left the marker saying how many of how many. Those frames are usable; validating and building
+report each such folder (a ``warning:`` line) rather than taking it silently.
 """
 
 from __future__ import annotations
@@ -82,12 +87,21 @@ class DataLayoutError(ValueError):
         super().__init__("\n".join(lines))
 
 
+# What a FrameError is about, for grouping many alike (data_prep/validate.py).
+CORRUPT, BAD_MODE, NOT_PACKED, SIZE_DIFFERS = "corrupt", "mode", "not_packed", "size_differs"
+# The file data_prep/video_to_frames.py leaves in a frame folder whose video broke off: its frames
+# are usable but fewer than the video announced, which validate and build report.
+INCOMPLETE_MARKER = "INCOMPLETE.txt"
+
+
 class FrameError(ValueError):
     """One image file is unusable; the message names it and says what was expected."""
 
-    def __init__(self, path: str | os.PathLike, reason: str, corrupt: bool) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str, corrupt: bool, kind: str) -> None:
         self.path = str(path)
+        self.reason = reason
         self.corrupt = corrupt  # undecodable/truncated (skippable) vs wrong format (never skipped)
+        self.kind = kind  # CORRUPT, BAD_MODE, NOT_PACKED or SIZE_DIFFERS
         super().__init__(f"{self.path}: {reason}")
 
 
@@ -116,13 +130,17 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
                     f"has {len(img.getbands())} channels (mode {mode}); expected a gray (1 "
                     "channel) or RGB (3 channel) image — remove the alpha channel or convert it",
                     corrupt=False,
+                    kind=BAD_MODE,
                 )
             return pil_to_rgb8(img, os.fspath(path))
     except FrameError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise FrameError(
-            path, f"cannot be decoded as an image ({e}); the file is corrupt or truncated", True
+            path,
+            f"cannot be decoded as an image ({e}); the file is corrupt or truncated",
+            corrupt=True,
+            kind=CORRUPT,
         ) from e
 
 
@@ -135,6 +153,7 @@ def split_packed(strip: np.ndarray, k: int, path: str | os.PathLike) -> list[np.
             f"is {w}×{h}; a packed file of {k} frames must be {k}·H wide and H high "
             f"(e.g. {256 * k}×256). Is this a plain frame? Use the 'frames' layout for those.",
             corrupt=False,
+            kind=NOT_PACKED,
         )
     return [strip[:, i * h : (i + 1) * h] for i in range(k)]
 
@@ -156,6 +175,7 @@ def frames_of_file(
             f"is {pixels.shape[1]}×{pixels.shape[0]} but the frames before it in {path.parent} "
             f"are {video_size[1]}×{video_size[0]}; every frame of a video must have one size",
             corrupt=False,
+            kind=SIZE_DIFFERS,
         )
     return [pixels]
 
@@ -241,6 +261,23 @@ class Frame:
     path: Path
 
 
+def incomplete_video(marker: Path) -> str:
+    """What an :data:`INCOMPLETE_MARKER` file says: its folder and its first line."""
+    try:
+        lines = marker.read_text(errors="replace").strip().splitlines()
+    except OSError as e:
+        lines = [f"(marker unreadable: {e.strerror or e})"]
+    return f"{marker.parent}: {lines[0] if lines else 'marked incomplete'}"
+
+
+def split_ignored(ignored: list[Path]) -> tuple[list[Path], list[str]]:
+    """The non-image files of a split: (really ignored, incomplete-video markers' lines)."""
+    markers = [p for p in ignored if p.name == INCOMPLETE_MARKER]
+    return [p for p in ignored if p.name != INCOMPLETE_MARKER], [
+        incomplete_video(p) for p in markers
+    ]
+
+
 @dataclasses.dataclass
 class ScanReport:
     """What a full pass over a split found."""
@@ -249,6 +286,7 @@ class ScanReport:
     videos: int = 0
     skipped: list[str] = dataclasses.field(default_factory=list)  # corrupt files skipped
     ignored: list[str] = dataclasses.field(default_factory=list)  # non-image files
+    incomplete: list[str] = dataclasses.field(default_factory=list)  # videos that broke off
 
 
 def iter_split(
@@ -269,7 +307,9 @@ def iter_split(
     report = report if report is not None else ScanReport()
     for domain, name in enumerate(DOMAIN_DIRS[split]):
         videos, ignored = find_videos(scene_dir / name, layout)
+        ignored, incomplete = split_ignored(ignored)
         report.ignored += [str(p) for p in ignored]
+        report.incomplete += incomplete
         for video in videos:
             report.videos += 1
             size = None
@@ -287,27 +327,45 @@ def iter_split(
                     yield Frame(domain, video.video_id, position + offset, part, path)
 
 
-def validate_scene(
-    scene_dir: str | os.PathLike, layout: str, k: int
-) -> tuple[list[str], list[str], dict[str, int]]:
-    """Check a whole scene folder, decoding every file; returns (problems, notes, frame counts).
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One reason a scene cannot be built; ``kind`` groups alike ones (FrameError kinds, or
+    ``"structure"`` for missing and empty folders)."""
+
+    text: str
+    kind: str = "structure"
+
+
+@dataclasses.dataclass
+class SceneCheck:
+    """What :func:`validate_scene` found."""
+
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # non-image files, ignored
+    incomplete: list[str] = dataclasses.field(default_factory=list)  # videos that broke off
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # frames per split folder
+
+
+def validate_scene(scene_dir: str | os.PathLike, layout: str, k: int) -> SceneCheck:
+    """Check a whole scene folder, decoding every file.
 
     Unlike the builder, which stops at the first bad file, this reports every problem found.
-    Notes are things the builder passes over but a user should know of (non-image files).
+    Notes are things the builder passes over but a user should know of (non-image files);
+    ``incomplete`` lists the frame folders that data_prep/video_to_frames.py marked as cut short.
     """
     scene_dir = Path(scene_dir)
-    problems = check_structure(scene_dir, layout, k)
-    notes: list[str] = []
-    counts: dict[str, int] = {}
+    check = SceneCheck(problems=[Problem(p) for p in check_structure(scene_dir, layout, k)])
     if not scene_dir.is_dir():
-        return problems, notes, counts
+        return check
     for split in DOMAIN_DIRS:
         for name in DOMAIN_DIRS[split]:
             split_dir = scene_dir / name
             if not split_dir.is_dir():
                 continue
             videos, ignored = find_videos(split_dir, layout)
-            notes += [
+            ignored, incomplete = split_ignored(ignored)
+            check.incomplete += incomplete
+            check.notes += [
                 f"{p}: not an image file ({', '.join(IMAGE_SUFFIXES)}), ignored" for p in ignored
             ]
             n = 0
@@ -319,6 +377,6 @@ def validate_scene(
                         size = parts[0].shape[:2]
                         n += len(parts)
                     except FrameError as e:
-                        problems.append(str(e))
-            counts[name] = n
-    return problems, notes, counts
+                        check.problems.append(Problem(str(e), e.kind))
+            check.counts[name] = n
+    return check
