@@ -5,6 +5,10 @@ Command line::
     python -m cptrans_jax.evaluate --fake DIR --real DIR --inception PATH \\
         [--kid_degree 3] [--kid_subsets 100] [--kid_subset_size 1000] [--kid_seed 0] \\
         [--batch_size 50] [--cache_dir DIR] [--flicker] [--json OUT]
+    python -m cptrans_jax.evaluate --fake DIR [--real DIR] --flicker [--json OUT]
+
+The second form (``--flicker`` without ``--inception``) measures flicker alone: no network, no
+weights file.
 
 What it computes:
 
@@ -44,11 +48,14 @@ A cache file that cannot be written later (say, the disk fills up) is reported i
 ``warning:`` line and skipped: the results are computed and written all the same.
 
 Bad input (a missing or empty folder, an undecodable image, fewer images than the KID subset
-size, a missing or mismatched weights file, a ``--json`` or ``--cache_dir`` that cannot be
-written) ends the command with one ``error: ...`` line on stderr and exit status 2.
+size, a missing or mismatched weights file, no ``--inception`` or ``--real`` for FID, a
+``--json`` or ``--cache_dir`` that cannot be written) ends the command with one ``error: ...``
+line on stderr and exit status 2.
 
-Library functions: :func:`list_images`, :func:`read_image`, :func:`extract_features`,
-:func:`folder_statistics`, :func:`evaluate_folders`, :func:`flicker`.
+Library functions: :func:`extract_features`, :func:`folder_statistics`,
+:func:`evaluate_folders`; the image listing and reading and flicker live in
+:mod:`cptrans_jax.eval_images` (:func:`list_images`, :func:`read_image`, :func:`flicker`,
+:func:`flicker_folders`) and are importable from here too.
 """
 
 from __future__ import annotations
@@ -67,23 +74,30 @@ from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
 
 from cptrans_jax import eval_stats
-from cptrans_jax.inception_weights import load_inception_params
+from cptrans_jax.eval_images import (  # noqa: F401 (IMAGE_EXTENSIONS: re-exported)
+    IMAGE_EXTENSIONS,
+    EvalInputError,
+    flicker,
+    flicker_folders,
+    flicker_lines,
+    image_size,
+    list_images,
+    read_image,
+)
+from cptrans_jax.inception_weights import (
+    FID_WEIGHTS_FILE,
+    FID_WEIGHTS_URL,
+    load_inception_params,
+)
 from cptrans_jax.models.inception import FEATURE_DIM, inception_features
 from cptrans_jax.sharding import batch_sharding, local_data_mesh, replicated
-from cptrans_jax.video_io import natural_key
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Part of every cache key: bump when the features of the same images and weights would change.
 _FEATURE_VERSION = "fid-inception-v3/pytorch-fid-preprocessing/v1"
 
 Progress = Callable[[str], None]
-
-
-class EvalInputError(ValueError):
-    """Bad input from the user (folders, images, options): reported as ``error: ...``."""
 
 
 def _stderr(line: str) -> None:
@@ -215,57 +229,6 @@ class OutputFile:
         self._created = []
 
 
-# ------------------------------------------------------------------------------- images
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Every image file under ``folder`` (recursively), in natural order of relative path."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        what = "is not a folder" if os.path.exists(folder) else "no such folder"
-        raise EvalInputError(f"{folder}: {what}")
-    found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        # Symlinked folders are followed, but each real folder is read once (no cycles).
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(root, name), folder))
-    if not found:
-        raise EvalInputError(
-            f"{folder}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return [os.path.join(folder, rel) for rel in sorted(found, key=natural_key)]
-
-
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def _image_size(path: str) -> tuple[int, int]:
-    """(H, W) from the header alone (PIL decodes lazily), so sizes are known before batching."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except _DECODE_ERRORS as e:
-        raise EvalInputError(f"{path}: cannot decode image ({e})") from e
-    return h, w
-
-
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB by PIL's ``convert("RGB")`` — exactly what pytorch-fid feeds its
-    network, so features match that tool (unlike ``video_io.read_image``'s 16-bit scaling)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except _DECODE_ERRORS as e:
-        raise EvalInputError(f"{path}: cannot decode image ({e})") from e
-
-
 # ----------------------------------------------------------------------------- features
 
 
@@ -304,7 +267,7 @@ def extract_features(
     # Group by size (headers only): a batch must be one array. Usually there is one group.
     groups: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(paths):
-        groups.setdefault(_image_size(p), []).append(i)
+        groups.setdefault(image_size(p), []).append(i)
     batches = [
         idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)
     ]
@@ -443,49 +406,6 @@ def _write_cache(cache_file: str, **arrays: np.ndarray) -> None:
         raise
 
 
-# ------------------------------------------------------------------------------ flicker
-
-
-def flicker(folder_or_paths: str | os.PathLike | Sequence[str]) -> dict[str, float] | None:
-    """Mean absolute difference of consecutive frames, in [0, 255] units.
-
-    Frames are consecutive when they lie directly in the same directory and follow each other
-    in :func:`list_images` order. Returns ``{"mean", "std", "pairs", "clips"}`` (mean/std over
-    pairs of the per-pair mean |Δ| over pixels and channels), or ``None`` if there is no pair.
-    """
-    if isinstance(folder_or_paths, (str, os.PathLike)):
-        paths = list_images(folder_or_paths)
-    else:
-        paths = list(folder_or_paths)
-    clips: dict[str, list[str]] = {}
-    for p in paths:
-        clips.setdefault(os.path.dirname(p), []).append(p)
-    values = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for frames in clips.values():
-            if len(frames) < 2:
-                continue
-            previous, previous_path = None, None
-            for path, image in zip(frames, pool.map(read_image, frames), strict=True):
-                if previous is not None:
-                    if image.shape != previous.shape:
-                        raise EvalInputError(
-                            f"consecutive frames differ in size: {previous_path} "
-                            f"{previous.shape[:2]} and {path} {image.shape[:2]}"
-                        )
-                    diff = np.abs(image.astype(np.int16) - previous.astype(np.int16))
-                    values.append(float(diff.mean()))
-                previous, previous_path = image, path
-    if not values:
-        return None
-    return {
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values)),
-        "pairs": len(values),
-        "clips": sum(len(f) >= 2 for f in clips.values()),
-    }
-
-
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -591,7 +511,11 @@ def evaluate_folders(
 
 
 def format_report(result: Mapping[str, Any]) -> str:
-    """The labelled human-readable lines of an :func:`evaluate_folders` result."""
+    """The labelled human-readable lines of an :func:`evaluate_folders` (or, without FID,
+    :func:`flicker_folders`) result."""
+    if "fid" not in result:
+        lines = [f"{n}: {result[n]} ({result[f'num_{n}']} images)" for n in result["flicker"]]
+        return "\n".join(lines + flicker_lines(result["flicker"]))
     paper = result["paper_scale"]
     lines = [
         f"fake: {result['fake']} ({result['num_fake']} images)",
@@ -604,14 +528,7 @@ def format_report(result: Mapping[str, Any]) -> str:
         f"KIDx100 = {paper['KIDx100']:.4f} ± {paper['KIDx100_std']:.4f}",
     ]
     if "flicker" in result:
-        for name in ("fake", "real"):
-            f = result["flicker"][name]
-            value = "no consecutive frames"
-            if f is not None:
-                value = (
-                    f"{f['mean']:.4f} ± {f['std']:.4f} ({f['pairs']} pairs, {f['clips']} clip(s))"
-                )
-            lines.append(f"flicker {name} (mean |frame_t - frame_t-1|, 0-255): {value}")
+        lines += flicker_lines(result["flicker"])
     if min(result["num_fake"], result["num_real"]) < FEATURE_DIM:
         lines.append(
             f"note: fewer than {FEATURE_DIM} images in a set: its feature covariance is singular "
@@ -630,12 +547,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--fake", required=True, help="folder of translated frames")
-    p.add_argument("--real", required=True, help="folder of real visible frames")
+    p.add_argument(
+        "--real", default=None, help="folder of real visible frames (needed for FID and KID)"
+    )
     p.add_argument(
         "--inception",
-        required=True,
+        default=None,
         help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (from its GitHub release "
-        "'fid_weights')",
+        "'fid_weights'); needed for FID and KID, not for --flicker alone",
     )
     p.add_argument(
         "--kid_degree",
@@ -674,20 +593,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = None
     try:
+        if args.inception is None:
+            if not args.flicker:
+                raise EvalInputError(
+                    f"FID and KID need --inception {FID_WEIGHTS_FILE} (download it from "
+                    f"{FID_WEIGHTS_URL}); pass --flicker alone for flicker without it"
+                )
+        elif args.real is None:
+            raise EvalInputError("FID and KID need --real, the folder of real visible frames")
         # Checked (and its folder made) before any work, so that a bad path fails at once.
         out = OutputFile(args.json, "--json") if args.json else None
-        result = evaluate_folders(
-            args.fake,
-            args.real,
-            args.inception,
-            kid_degree=args.kid_degree,
-            kid_subsets=args.kid_subsets,
-            kid_subset_size=args.kid_subset_size,
-            kid_seed=args.kid_seed,
-            batch_size=args.batch_size,
-            cache_dir=args.cache_dir,
-            with_flicker=args.flicker,
-        )
+        if args.inception is None:  # flicker alone: no network, nothing to load or compile
+            result = flicker_folders(args.fake, args.real)
+        else:
+            result = evaluate_folders(
+                args.fake,
+                args.real,
+                args.inception,
+                kid_degree=args.kid_degree,
+                kid_subsets=args.kid_subsets,
+                kid_subset_size=args.kid_subset_size,
+                kid_seed=args.kid_seed,
+                batch_size=args.batch_size,
+                cache_dir=args.cache_dir,
+                with_flicker=args.flicker,
+            )
         print(format_report(result), flush=True)
         if out is not None:
             out.write(json.dumps(result, indent=2) + "\n")

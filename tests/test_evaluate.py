@@ -191,6 +191,56 @@ def test_input_errors(folders, weights_file, tmp_path, capsys):
         evaluate.extract_features([str(bad)], {}, progress=None)
 
 
+def test_flicker_alone_needs_no_weights(folders, tmp_path, capsys, monkeypatch):
+    """--flicker without --inception: flicker of each folder, no weights loaded, no network."""
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network or its weights were used for flicker alone")
+
+    monkeypatch.setattr(evaluate, "load_inception_params", no_network)
+    monkeypatch.setattr(evaluate, "extract_features", no_network)
+    out = tmp_path / "flicker.json"
+    argv = ["--fake", folders["fake"], "--real", folders["real"], "--flicker", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    f = folders["fake_images"]
+    fake = [np.abs(f[t].astype(int) - f[t - 1].astype(int)).mean() for t in (1, 2)]
+    r = folders["real_images"]  # two clips of two frames: pairs (0, 1) and (2, 3)
+    real = [np.abs(r[t].astype(int) - r[t - 1].astype(int)).mean() for t in (1, 3)]
+    result = json.loads(out.read_text())
+    assert (result["num_fake"], result["num_real"]) == (3, 4) and "fid" not in result
+    assert result["flicker"]["fake"] == {
+        "mean": pytest.approx(np.mean(fake), abs=1e-9),
+        "std": pytest.approx(np.std(fake), abs=1e-9),
+        "pairs": 2,
+        "clips": 1,
+    }
+    assert result["flicker"]["real"]["mean"] == pytest.approx(np.mean(real), abs=1e-9)
+    assert printed == [
+        f"fake: {folders['fake']} (3 images)",
+        f"real: {folders['real']} (4 images)",
+        f"flicker fake (mean |frame_t - frame_t-1|, 0-255): {np.mean(fake):.4f} ± "
+        f"{np.std(fake):.4f} (2 pairs, 1 clip(s))",
+        f"flicker real (mean |frame_t - frame_t-1|, 0-255): {np.mean(real):.4f} ± "
+        f"{np.std(real):.4f} (2 pairs, 2 clip(s))",
+    ]
+    # --real is optional for flicker alone
+    assert main(["--fake", folders["fake"], "--flicker"]) == 0
+    assert capsys.readouterr().out.splitlines() == printed[:1] + printed[2:3]
+    # Without --flicker, FID needs the weights (and --real): one line each, saying so.
+    assert main(["--fake", folders["fake"], "--real", folders["real"]]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: FID and KID need --inception pt_inception-2015-12-05-6726825d.pth (download it "
+        "from https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+        "pt_inception-2015-12-05-6726825d.pth); pass --flicker alone for flicker without it\n"
+    )
+    assert main(["--fake", folders["fake"], "--inception", "w.pth"]) == 2
+    assert capsys.readouterr().err == (
+        "error: FID and KID need --real, the folder of real visible frames\n"
+    )
+
+
 def test_cli_missing_folder_subprocess(tmp_path):
     """The real entry point: one line on stderr, exit status 2, no traceback."""
     proc = subprocess.run(
