@@ -296,7 +296,7 @@ def vit_params_from_augreg(
         try:
             with np.load(what, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise ValueError(f"{what} is not a readable .npz file ({e})") from e
     deeper = _deep_block(config.depth, r"Transformer/encoderblock_(\d+)/")
 

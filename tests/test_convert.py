@@ -84,6 +84,9 @@ def test_corrupt_npz_is_named(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip at all")
     with pytest.raises(ValueError, match="bad.npz"):
         load_vit_params(tmp_path / "bad.npz", SMALL_VIT)
+    (tmp_path / "empty.npz").write_bytes(b"")  # numpy raises EOFError for it, not ValueError
+    with pytest.raises(ValueError, match=r"empty\.npz is not a readable \.npz file"):
+        load_vit_params(tmp_path / "empty.npz", SMALL_VIT)
 
 
 def _write_safetensors(path, tensors):
