@@ -216,8 +216,9 @@ tiny = json.loads(sys.argv[1])
 out = {}
 for n in (1, 8):
     c = demo.get_config()
-    for key, value in {**tiny, "data.global_batch_size": 8, "train.max_steps": 2,
-                       "train.num_devices": n, "optim.g_lr": 1e-5, "optim.d_lr": 1e-5}.items():
+    for key, value in {**tiny, "data.global_batch_size": 8, "data.epoch_size": 16,
+                       "train.max_steps": 2, "train.num_devices": n, "optim.g_lr": 1e-5,
+                       "optim.d_lr": 1e-5}.items():
         *path, name = key.split(".")
         target = c
         for p in path:
