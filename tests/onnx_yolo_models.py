@@ -42,7 +42,11 @@ def save_model(
         nodes,
         "tiny_yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch_dim, 3, *input_hw])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch_dim, *table.shape[1:]])],
+        [
+            helper.make_tensor_value_info(
+                "output0", TensorProto.FLOAT, [batch_dim, *table.shape[1:]]
+            )
+        ],
         initializer=[
             numpy_helper.from_array(table, "table"),
             numpy_helper.from_array(mask, "mask"),
