@@ -7,6 +7,14 @@ so its peak resident memory (``ru_maxrss``) is its own. Prints a Markdown table:
     python benchmarks/iteration.py                     # all configurations
     python benchmarks/iteration.py --only cptrans      # one of them
     python benchmarks/iteration.py --size 64 --iters 2 # a quick smoke run
+    python benchmarks/iteration.py --against torch     # CPTrans and ROMA side by side with
+                                                       # the same iteration in PyTorch
+
+With ``--against torch`` each configuration's child process builds the PyTorch networks of the
+parity tests at full size (``benchmarks/torch_side.py``), copies their weights into ours, runs
+one iteration of each on the same inputs and random draws and checks that every loss term agrees
+(so both time the same work), then times the two iterations alternately, and a 2048² float32
+matmul in each framework, all in that one process.
 
 FLOPs are XLA's own count (``compiled.cost_analysis()['flops']``) of the jitted iteration;
 achieved FLOP/s = FLOPs / median seconds per iteration (compile excluded).
@@ -16,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 CONFIGS = {
     # name: (method, variant, co_impl)
@@ -33,22 +44,67 @@ CONFIGS = {
 }
 
 
-def run_one(name: str, size: int, iters: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from cptrans_jax.convert import init_vit_params
-    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
-    from cptrans_jax.objectives import Networks, ObjectiveConfig, cptrans_variant
-    from cptrans_jax.sharding import data_mesh, jit_iteration
-    from cptrans_jax.steps import adam, init_train_state, make_iteration
+def _objective(name: str):
+    from cptrans_jax.objectives import ObjectiveConfig, cptrans_variant
 
     method, variant, co_impl = CONFIGS[name]
     if method == "roma":
-        cfg = ObjectiveConfig(method="roma", use_co=False, use_ctn=False)
-    else:
-        cfg = cptrans_variant(variant, co_impl=co_impl)
+        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False)
+    return cptrans_variant(variant, co_impl=co_impl)
+
+
+def _median_seconds(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_rates(n: int = 2048, reps: int = 5) -> dict:
+    """GFLOP/s of an n×n float32 matmul in XLA and (if importable) in torch, alternately."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    out = {"xla": 2 * n**3 / _median_seconds(lambda: jax.block_until_ready(mm(a)), reps) / 1e9}
+    try:
+        import torch
+    except ImportError:
+        return out
+    t = torch.from_numpy(np.asarray(a))
+    out["torch"] = 2 * n**3 / _median_seconds(lambda: t @ t, reps) / 1e9
+    return out
+
+
+def _compile(step, *args) -> tuple:
+    t0 = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    mem = compiled.memory_analysis()
+    return compiled, {
+        "compile_s": compile_s,
+        "gflops": float(cost.get("flops", float("nan"))) / 1e9,
+        "xla_temp_gib": getattr(mem, "temp_size_in_bytes", float("nan")) / 2**30,
+    }
+
+
+def run_one(name: str, size: int, iters: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from cptrans_jax.convert import init_vit_params
+    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
+    from cptrans_jax.objectives import Networks
+    from cptrans_jax.sharding import data_mesh, jit_iteration
+    from cptrans_jax.steps import adam, init_train_state, make_iteration
+
+    cfg = _objective(name)
     vit_cfg = vit_b16_384()
     nets = Networks(Generator(), FeatureViT(vit_cfg), Discriminator(vit_cfg.width))
     g_tx, d_tx = adam(2e-6), adam(2e-6)
@@ -59,15 +115,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
     batch = {k: jnp.asarray(rng.uniform(-1, 1, (1, t, size, size, 3)), jnp.float32) for k in "AB"}
     step = jit_iteration(make_iteration(nets, cfg, g_tx, d_tx), data_mesh(1))
     key = jax.random.key(2)
-
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch, vit_params, key).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
-    mem = compiled.memory_analysis()
-    temp_bytes = getattr(mem, "temp_size_in_bytes", float("nan"))
+    compiled, info = _compile(step, state, batch, vit_params, key)
 
     times = []
     for _ in range(iters):
@@ -77,16 +125,142 @@ def run_one(name: str, size: int, iters: int) -> dict:
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
     return {
+        **info,
         "name": name,
         "backend": jax.default_backend(),
-        "compile_s": compile_s,
         "sec_per_iter": sec,
-        "gflops": flops / 1e9,
-        "gflops_per_s": flops / 1e9 / sec,
-        "xla_temp_gib": temp_bytes / 2**30,
+        "gflops_per_s": info["gflops"] / sec,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "loss_g": float(metrics["loss/g"]),
     }
+
+
+def run_against_torch(name: str, size: int, iters: int) -> dict:
+    """Ours and the PyTorch iteration of the same math on the same weights, timed alternately."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from torch_side import TorchNets, state_dicts, torch_co_closed_form, torch_iteration
+
+    from cptrans_jax.convert import (
+        discriminator_params_from_torch,
+        generator_params_from_torch,
+        vit_params_from_timm,
+    )
+    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
+    from cptrans_jax.objectives import Networks, ctn_noise_for, roma_centers_for
+    from cptrans_jax.sharding import data_mesh, jit_iteration
+    from cptrans_jax.steps import TrainState, adam, iteration_key, make_iteration
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = _objective(name)
+    vit_cfg = vit_b16_384()
+    nets = Networks(Generator(), FeatureViT(vit_cfg), Discriminator(vit_cfg.width))
+    lr = 2e-6
+    g_tx, d_tx = adam(lr), adam(lr)
+    tnets = TorchNets(seed=0)
+    sd = state_dicts(tnets)
+    g = generator_params_from_torch(sd["G"], nets.generator)
+    d = discriminator_params_from_torch(sd["D"], nets.discriminator)
+    vit_params = vit_params_from_timm(sd["vit"], vit_cfg)
+    del sd
+    state = TrainState(jnp.zeros((), jnp.int32), g, d, g_tx.init(g), d_tx.init(d))
+    t = cfg.frames_per_sample
+    rng = np.random.default_rng(0)
+    clips = {k: rng.uniform(-1, 1, (1, t, size, size, 3)).astype(np.float32) for k in "AB"}
+    batch = {k: jnp.asarray(v) for k, v in clips.items()}
+    step = jit_iteration(make_iteration(nets, cfg, g_tx, d_tx), data_mesh(1))
+    base = jax.random.key(2)
+    compiled, info = _compile(step, state, batch, vit_params, base)
+
+    key = iteration_key(base, 0)
+    noise = np.asarray(ctn_noise_for(key, jnp.zeros((t, size, size, 3))))
+    centers = None
+    if cfg.method == "roma":
+        centers = np.asarray(roma_centers_for(key, vit_cfg.num_patches, cfg.roma_local_centers))
+
+    def adam_t(params):
+        return torch.optim.Adam(params, lr, betas=(0.5, 0.999), eps=1e-8)
+
+    opt_g, opt_d = adam_t(tnets.G.parameters()), adam_t(tnets.D.parameters())
+
+    def torch_step() -> dict:
+        return torch_iteration(
+            tnets.G,
+            tnets.vit,
+            tnets.D,
+            opt_g,
+            opt_d,
+            clips["A"],
+            clips["B"],
+            cfg,
+            noise=noise,
+            centers=centers,
+            window=vit_cfg.local_window,
+            co_weights=torch_co_closed_form,
+        )
+
+    def jax_step() -> dict:
+        nonlocal state
+        state, metrics = compiled(state, batch, vit_params, base)
+        return jax.device_get(metrics)
+
+    # The first iteration of each from the same weights and draws: the same work, checked.
+    ours, ref = jax_step(), torch_step()
+    rel = max(abs(float(ours[k]) - v) / max(abs(v), 1e-12) for k, v in ref.items())
+    if not rel <= LOSS_AGREEMENT:
+        raise SystemExit(f"{name}: losses disagree (max relative {rel:.2e}): {ours} vs {ref}")
+    times = {"ours": [], "torch": []}
+    for _ in range(iters):
+        for side, fn in (("ours", jax_step), ("torch", torch_step)):
+            t0 = time.perf_counter()
+            fn()
+            times[side].append(time.perf_counter() - t0)
+    sec = {k: statistics.median(v) for k, v in times.items()}
+    rates = matmul_rates()
+    return {
+        **info,
+        "name": name,
+        "backend": jax.default_backend(),
+        "threads": torch.get_num_threads(),
+        "sec_ours": sec["ours"],
+        "sec_torch": sec["torch"],
+        "loss_rel_diff": rel,
+        "matmul_xla": rates["xla"],
+        "matmul_torch": rates["torch"],
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+# Relative agreement of the two first iterations' loss terms required before timing: full-size
+# float32 forward passes differ by summation order only (the tiny parity tests hold 1e-5).
+LOSS_AGREEMENT = 1e-4
+
+
+def print_against(rows: list[dict], size: int) -> None:
+    print(f"\n{size}×{size}, batch 1, {rows[0]['threads']} threads, backend {rows[0]['backend']}")
+    print(
+        f"2048² float32 matmul in the same runs: XLA {rows[0]['matmul_xla']:.0f} GFLOP/s, "
+        f"torch {rows[0]['matmul_torch']:.0f} GFLOP/s\n"
+    )
+    print(
+        "| configuration | ours s/it | torch s/it | ours / torch | GFLOP/it (XLA) "
+        "| ours GFLOP/s (% of XLA matmul) | torch GFLOP/s (% of torch matmul) | loss rel. diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ours, theirs = r["gflops"] / r["sec_ours"], r["gflops"] / r["sec_torch"]
+        print(
+            f"| {r['name']} | {r['sec_ours']:.2f} | {r['sec_torch']:.2f} "
+            f"| {r['sec_ours'] / r['sec_torch']:.2f} | {r['gflops']:.0f} "
+            f"| {ours:.0f} ({100 * ours / r['matmul_xla']:.0f} %) "
+            f"| {theirs:.0f} ({100 * theirs / r['matmul_torch']:.0f} %) "
+            f"| {r['loss_rel_diff']:.1e} |"
+        )
+    names = {r["name"]: r for r in rows}
+    if {"cptrans", "roma"} <= set(names):
+        ratio = names["cptrans"]["sec_ours"] / names["roma"]["sec_torch"]
+        print(f"\nours CPTrans / torch ROMA: {ratio:.2f}")
 
 
 def main() -> None:
@@ -94,23 +268,34 @@ def main() -> None:
     parser.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
     parser.add_argument("--size", type=int, default=256, help="frame size (default 256)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument(
+        "--against", choices=["torch"], help="time the PyTorch iteration of the same math too"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.only, args.size, args.iters)))
+        run = run_against_torch if args.against else run_one
+        print(json.dumps(run(args.only, args.size, args.iters)))
         return
-    names = [args.only] if args.only else list(CONFIGS)
+    default = ["cptrans", "roma"] if args.against else list(CONFIGS)
+    names = [args.only] if args.only else default
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--child", "--only", name]
         cmd += ["--size", str(args.size), "--iters", str(args.iters)]
+        cmd += ["--against", args.against] if args.against else []
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done: {name}", file=sys.stderr, flush=True)
-    print(f"\n{args.size}×{args.size}, batch 1, backend {rows[0]['backend'] if rows else '?'}\n")
+    if not rows:
+        raise SystemExit(1)
+    if args.against:
+        print_against(rows, args.size)
+        return
+    print(f"\n{args.size}×{args.size}, batch 1, backend {rows[0]['backend']}\n")
     print(
         "| configuration | s / iteration | compile s | GFLOP / iteration | GFLOP/s "
         "| XLA temp GiB | peak RSS GiB |"

@@ -1,4 +1,5 @@
-"""Where ``translate`` writes its frames — a video, a folder of PNGs or one image — never half.
+"""Where frame commands (translate, fuse, side-by-side) write — a video or GIF, a folder of PNGs
+or one image — never half.
 
 :class:`FrameOutput` writes everything under a temporary name beside the output,
 ``.<name>.partial-<pid><suffix>`` (a file, keeping the suffix since PyAV picks the container
@@ -29,6 +30,7 @@ import shutil
 import numpy as np
 
 from cptrans_jax import video_io
+from cptrans_jax.gif_writer import GifWriter
 from cptrans_jax.metrics import save_png
 
 KINDS = ("video", "image", "folder")
@@ -50,7 +52,8 @@ def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        # Not there, or its folder is a file (an output path that open() refused).
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.remove(path)
 
 
@@ -59,7 +62,8 @@ class FrameOutput:
 
     Args:
         output: the path, as the user gave it (messages name it so).
-        kind: ``"video"``, ``"image"`` (one frame) or ``"folder"`` (``000000.png …``).
+        kind: ``"video"`` (a video_io suffix, or ``.gif``), ``"image"`` (one frame) or
+            ``"folder"`` (``000000.png …``).
         input_path: the input, which the output must not be.
         fps: frame rate of a video.
         name: for a folder output of one input image, its file name there (else the frames are
@@ -85,7 +89,7 @@ class FrameOutput:
         self.temp = os.path.join(parent, f".{stem}.partial-{os.getpid()}{ext}")
         self.frames = 0
         self._created: list[str] = []  # parent folders made by open(), outermost first
-        self._video: video_io.VideoWriter | None = None
+        self._video: video_io.VideoWriter | GifWriter | None = None
         self._size: tuple[int, int] | None = None  # a video's (H, W), from its first frame
         self._written: list[str] = []  # names inside a folder output
 
@@ -123,7 +127,10 @@ class FrameOutput:
                 f"output {self.output}: cannot write in {parent} ({_os_reason(e)}); {expected}"
             ) from None
         if self.kind == "video":
-            self._video = video_io.VideoWriter(self.temp, self.fps)
+            if self.temp.lower().endswith(".gif"):
+                self._video = GifWriter(self.temp, self.fps)
+            else:
+                self._video = video_io.VideoWriter(self.temp, self.fps)
 
     def write(self, frame: np.ndarray) -> None:
         """Writes the next uint8 (H, W, 3) frame."""
@@ -185,7 +192,8 @@ class FrameOutput:
         """Removes the temporary output and the parent folders ``open`` created (if empty)."""
         if self._video is not None:
             with contextlib.suppress(Exception):
-                self._video.close()
+                # A GIF is written only at close: abort() drops its frames instead.
+                getattr(self._video, "abort", self._video.close)()
             self._video = None
         _remove(self.temp)
         for folder in reversed(self._created):

@@ -3,7 +3,12 @@
 Usage::
 
     python -m cptrans_jax.translate --checkpoint CKPT --input IN --output OUT \\
-        [--size 256] [--output_size model|input] [--batch_size 8] [--fps F]
+        [--size 256] [--output_size model|input] [--batch_size 8] [--fps F] \\
+        [--fuse METHOD [--fuse_output FUSED]] [--side_by_side SBS [--panel_labels A,B,C]]
+
+``--fuse`` and ``--side_by_side`` write the fusion of the infrared with its translation and an
+infrared | translation (| fusion) comparison video in the same pass
+(:mod:`cptrans_jax.translate_extras`).
 
 ``CKPT`` is one of (:mod:`cptrans_jax.generator_checkpoint` reads it)
 
@@ -79,8 +84,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cptrans_jax import video_io
+from cptrans_jax import frame_io, video_io
 from cptrans_jax.frame_output import FrameOutput, OutputError
+from cptrans_jax.fusion import DEFAULT_LEVELS, METHODS
 from cptrans_jax.generator_checkpoint import GeneratorCheckpointError, load_generator
 from cptrans_jax.metrics import _format_duration
 from cptrans_jax.models.generator import Generator
@@ -91,6 +97,7 @@ from cptrans_jax.sharding import (
     place_replicated,
     replicated,
 )
+from cptrans_jax.translate_extras import ExtraOptions, ExtraOutputs
 
 Params = Any
 
@@ -110,7 +117,7 @@ __all__ = [
 ]
 
 
-class TranslateError(ValueError):
+class TranslateError(frame_io.FrameInputError):
     """Bad input to ``translate``: the message says what was expected."""
 
 
@@ -141,97 +148,23 @@ def make_infer_fn(generator: Generator, mesh: jax.sharding.Mesh) -> Callable:
 
 # ------------------------------------------------------------------------------ input/output
 
-
-@dataclasses.dataclass
-class _Source:
-    frames: Iterator[np.ndarray]
-    total: int | None
-    fps: float | None
-    kind: str  # "video" | "folder" | "image"
-    path: str
+# Inputs, output kinds and the progress line are shared with fuse (cptrans_jax.frame_io).
+_Source = frame_io.Source
+_Progress = frame_io.Progress
 
 
 def _open_source(path: str) -> _Source:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input {path} does not exist")
-    if os.path.isdir(path):
-        files = video_io.list_frames(path)
-        if not files:
-            raise TranslateError(
-                f"input folder {path} has no frames (expected "
-                f"{' '.join(video_io.IMAGE_SUFFIXES)} files directly inside it)"
-            )
-        return _Source((video_io.read_image(f) for f in files), len(files), None, "folder", path)
-    if video_io.is_video(path):
-        info = video_io.video_info(path)
-        return _Source(video_io.read_video(path), info.num_frames, info.fps, "video", path)
-    if video_io.is_image(path):
-        return _Source(iter([video_io.read_image(path)]), 1, None, "image", path)
-    raise TranslateError(
-        f"input {path}: unknown suffix; expected a video "
-        f"({' '.join(video_io.VIDEO_SUFFIXES)}), an image "
-        f"({' '.join(video_io.IMAGE_SUFFIXES)}) or a folder of frames"
-    )
+    try:
+        return frame_io.open_source(path)
+    except frame_io.FrameInputError as e:
+        raise TranslateError(str(e)) from None
 
 
 def _output_kind(output: str, source: _Source) -> tuple[str, str | None]:
-    """("video" | "image" | "folder", the file name inside a folder for one input image)."""
-    path = os.path.abspath(output)
-    suffix = os.path.splitext(path)[1].lower()
-    if os.path.isdir(path) or not suffix or output.endswith(("/", os.sep)):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise TranslateError(
-                f"output {output} is an existing file; a folder output (no suffix) must be a "
-                "folder or a new path"
-            )
-        if source.kind == "image":
-            return "folder", os.path.splitext(os.path.basename(source.path))[0] + ".png"
-        return "folder", None
-    if video_io.is_video(path):
-        return "video", None
-    if video_io.is_image(path):
-        if source.kind != "image":
-            raise TranslateError(
-                f"output {output} is an image file but the input is a {source.kind}; give a "
-                "folder (no suffix) or a video file as the output"
-            )
-        return "image", None
-    raise TranslateError(
-        f"output {output}: unknown suffix {suffix!r}; expected a folder (no suffix), a "
-        f"video ({' '.join(video_io.VIDEO_SUFFIXES)}) or, for one input image, an image "
-        f"({' '.join(video_io.IMAGE_SUFFIXES)})"
-    )
-
-
-class _Progress:
-    """``frames 640/1800 | 41.2 frames/s | ETA 0:00:28``, at most every ``every_s`` seconds."""
-
-    def __init__(self, total, print_fn, every_s: float = 5.0, clock=time.monotonic) -> None:
-        self.total, self._print, self.every_s, self._clock = total, print_fn, every_s, clock
-        self.start = clock()
-        self._last = self.start
-        self._first: tuple[float, int] | None = None  # after the first batch (compilation)
-
-    def rate(self, done: int) -> float | None:
-        now = self._clock()
-        if self._first is not None and done > self._first[1] and now > self._first[0]:
-            return (done - self._first[1]) / (now - self._first[0])
-        return done / (now - self.start) if now > self.start and done else None
-
-    def update(self, done: int) -> None:
-        now = self._clock()
-        if self._first is None:
-            self._first = (now, done)
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        rate = self.rate(done)
-        total = self.total if self.total is not None else "?"
-        eta = "--"
-        if rate and self.total is not None:
-            eta = _format_duration(max(self.total - done, 0) / rate)
-        speed = f"{rate:.1f} frames/s" if rate else "-- frames/s"
-        self._print(f"frames {done}/{total} | {speed} | ETA {eta}")
+    try:
+        return frame_io.output_kind(output, source)
+    except frame_io.FrameInputError as e:
+        raise TranslateError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,10 +176,9 @@ class TranslateResult:
 
 
 def _batches(frames: Iterator[np.ndarray], size: int, batch: int):
-    """Yields lists of (preprocessed frame, input (H, W)) of one shape, at most ``batch`` long."""
-    group: list[tuple[np.ndarray, tuple[int, int]]] = []
+    """Yields lists of (preprocessed frame, input frame) of one shape, at most ``batch`` long."""
+    group: list[tuple[np.ndarray, np.ndarray]] = []
     for frame in frames:
-        hw = frame.shape[:2]
         x = video_io.resize_image(frame, size, size) if size else frame
         if min(x.shape[:2]) < MIN_SIDE:
             raise TranslateError(
@@ -256,7 +188,7 @@ def _batches(frames: Iterator[np.ndarray], size: int, batch: int):
         if group and (x.shape != group[0][0].shape or len(group) == batch):
             yield group
             group = []
-        group.append((x, hw))
+        group.append((x, frame))
     if group:
         yield group
 
@@ -270,13 +202,15 @@ def translate(
     output_size: str = "model",
     batch_size: int = 8,
     fps: float | None = None,
+    extras: ExtraOptions | None = None,
     print_fn: Callable[[str], object] = print,
     progress_every_s: float = 5.0,
 ) -> TranslateResult:
     """Translates ``input`` into ``output`` with the generator of ``checkpoint`` (module doc).
 
     ``output`` appears only complete: it is written under a temporary name and renamed at the
-    end; on any failure nothing is left at ``output`` that was not there before.
+    end; on any failure nothing is left at ``output`` that was not there before. ``extras``:
+    the fusion and side-by-side outputs (:mod:`cptrans_jax.translate_extras`), written alike.
 
     Raises:
         FileNotFoundError: the checkpoint or the input does not exist.
@@ -295,24 +229,31 @@ def translate(
     # Input and output are checked before the (slower) checkpoint load so that a typo fails at
     # once; the output's temporary file or folder is created here.
     source = _open_source(input_path)
+    sink = None
     try:
         kind, name = _output_kind(output, source)
         sink = FrameOutput(output, kind, input_path, fps or source.fps or DEFAULT_FPS, name=name)
+        extra = ExtraOutputs(extras or ExtraOptions(), source, output, sink.fps)
         sink.open()
+        extra.open()
     except BaseException:
+        if sink is not None:
+            sink.discard()
         _close(source.frames)
         raise
     try:
-        result = _run(checkpoint, source, sink, size, output_size, batch_size, print_fn,
+        result = _run(checkpoint, source, sink, extra, size, output_size, batch_size, print_fn,
                       progress_every_s)  # fmt: skip
-        note = sink.commit()
+        lines = [*extra.commit(), sink.commit()]
     except BaseException:
+        extra.discard()
         sink.discard()
         raise
     finally:
         _close(source.frames)
-    if note:
-        print_fn(note)
+    for line in lines:
+        if line:
+            print_fn(line)
     print_fn(
         f"translated {result.frames} frames in {_format_duration(result.seconds)} "
         f"({result.frames / max(result.seconds, 1e-9):.1f} frames/s) -> {output}"
@@ -331,18 +272,19 @@ def _run(
     checkpoint: str | os.PathLike,
     source: _Source,
     sink: FrameOutput,
+    extra: ExtraOutputs,
     size: int,
     output_size: str,
     batch_size: int,
     print_fn: Callable[[str], object],
     progress_every_s: float,
 ) -> TranslateResult:
-    """Loads G and writes every translated frame of ``source`` into ``sink``."""
+    """Loads G and writes every translated frame of ``source`` into ``sink`` (and ``extra``)."""
     generator, params, description = load_generator(checkpoint)
     mesh = local_data_mesh()
     n_dev = mesh.shape[DATA_AXIS]
     batch = -(-batch_size // n_dev) * n_dev
-    infer = make_infer_fn(generator, mesh)
+    infer = extra.infer_fn(generator, mesh, make_infer_fn(generator, mesh))
     params = place_replicated(params, mesh)
     data = batch_sharding(mesh)
     print_fn(
@@ -352,12 +294,16 @@ def _run(
     progress = _Progress(source.total, print_fn, progress_every_s)
 
     def emit(pending) -> None:
-        out, group = pending
-        out = np.asarray(out)
-        for y, (_, hw) in zip(out[: len(group)], group, strict=False):
+        (out, fused), group = pending
+        out, fused = np.asarray(out), None if fused is None else np.asarray(fused)
+        for i, (x, frame) in enumerate(group):
+            y, f = out[i], None if fused is None else fused[i]
             if output_size == "input":
-                y = video_io.resize_image(y, hw[1], hw[0])
+                x, (h, w) = frame, frame.shape[:2]
+                y = video_io.resize_image(y, w, h)
+                f = None if f is None else video_io.resize_image(f, w, h)
             sink.write(y)
+            extra.write(x, y, f)
         progress.update(sink.frames)
 
     pending = None
@@ -431,6 +377,35 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="frame rate of a video output (default: the input video's, else 25)",
     )
+    extra = parser.add_argument_group(
+        "fusion and side-by-side outputs (written like --output: whole or not at all)"
+    )
+    extra.add_argument(
+        "--fuse",
+        choices=METHODS,
+        default=None,
+        help="also fuse each infrared frame with its translation, on the device after G, at the "
+        "size G ran at: ycbcr-max / ycbcr-weighted (visible colour, max or weighted luminance) "
+        "or laplacian (Laplacian-pyramid luminance fusion)",
+    )
+    extra.add_argument("--fuse_output", default=None, help="where the fusion goes (as --output)")
+    extra.add_argument(
+        "--fuse_weight", type=float, default=0.5, help="infrared weight of ycbcr-weighted (0.5)"
+    )
+    extra.add_argument(
+        "--fuse_levels", type=int, default=DEFAULT_LEVELS, help="laplacian: pyramid levels (4)"
+    )
+    extra.add_argument(
+        "--side_by_side",
+        default=None,
+        help="also write infrared | translation (| fusion with --fuse) side by side: a video "
+        "(.mp4 …), an animated .gif or a folder",
+    )
+    extra.add_argument(
+        "--panel_labels",
+        default=None,
+        help='labels over the side-by-side panels, comma-separated: "infrared,translation,fusion"',
+    )
     return parser
 
 
@@ -455,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
             output_size=args.output_size,
             batch_size=args.batch_size,
             fps=args.fps,
+            extras=ExtraOptions(
+                args.fuse,
+                args.fuse_output,
+                args.fuse_weight,
+                args.fuse_levels,
+                args.side_by_side,
+                args.panel_labels,
+            ),  # fmt: skip
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,13 +20,27 @@ from torch_reference import torch_multiscale
 
 
 def torch_iteration(
-    G, vit, D, opt_g, opt_d, clips_a, clips_b, cfg, *, noise=None, centers=None, window=7
+    G,
+    vit,
+    D,
+    opt_g,
+    opt_d,
+    clips_a,
+    clips_b,
+    cfg,
+    *,
+    noise=None,
+    centers=None,
+    window=7,
+    co_weights=torch_co_weights_for,
 ) -> dict[str, float]:
     """Runs one iteration in place on G, D and their optimizers; returns every loss term.
 
     ``clips_a``/``clips_b``: (B, T, H, W, 3) numpy clips (our layout); ``cfg``: our
     ``ObjectiveConfig`` (read for its numbers only); ``noise``: (frames, H, W, 2) CTN noise;
-    ``centers``: ROMA's local-window centre ids.
+    ``centers``: ROMA's local-window centre ids; ``co_weights``: how CO's ``(weights, selected,
+    deltas)`` are computed (default: per-patch gradients; the full-size benchmark passes a
+    closed form, since per-patch gradients are 2.7 GB per image there).
     """
     roma = cfg.method == "roma"
     t = 2 if roma else 1
@@ -49,8 +63,8 @@ def torch_iteration(
 
     w_real = w_fake = None
     if not roma and cfg.use_co:
-        w_real, _, _ = torch_co_weights_for(D, real_in, 1.0, cfg.eta, cfg.lambda_inc)
-        w_fake, _, _ = torch_co_weights_for(D, fake_in, 0.0, cfg.eta, cfg.lambda_inc)
+        w_real, _, _ = co_weights(D, real_in, 1.0, cfg.eta, cfg.lambda_inc)
+        w_fake, _, _ = co_weights(D, fake_in, 0.0, cfg.eta, cfg.lambda_inc)
 
     opt_d.zero_grad()
     d_real = torch_weighted_gan_loss(D(real_in), 1.0, w_real)
