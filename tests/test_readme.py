@@ -29,7 +29,7 @@ def test_readme_setup_is_one_install_one_test_one_demo_and_ci_runs_them():
 def test_test_extra_pins_torch():
     # An open range lets pip take the newest torch, a CUDA build; the pinned one is the CPU wheel.
     # (Read as text: tomllib is Python 3.11+, and the project supports 3.10.)
-    extra = re.search(r"^test = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    extra = re.search(r"^test = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
     assert extra is not None
     torch = [r for r in re.findall(r'"([^"]+)"', extra.group(1)) if r.startswith("torch")]
     assert torch == ["torch==2.13.0"]
