@@ -53,6 +53,15 @@ def _objective(name: str):
     return cptrans_variant(variant, co_impl=co_impl)
 
 
+def _conv_impl() -> str:
+    """``--conv_impl`` (passed to the child as CONV_IMPL) resolved as the trainer does."""
+    import jax
+
+    from cptrans_jax.config import conv_impl_for
+
+    return conv_impl_for(os.environ.get("CONV_IMPL", "auto"), jax.devices()[0].platform)
+
+
 def _median_seconds(fn, n: int) -> float:
     times = []
     for _ in range(n):
@@ -106,7 +115,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
 
     cfg = _objective(name)
     vit_cfg = vit_b16_384()
-    nets = Networks(Generator(), FeatureViT(vit_cfg), Discriminator(vit_cfg.width))
+    nets = Networks(Generator(conv_impl=_conv_impl()), FeatureViT(vit_cfg), Discriminator(768))
     g_tx, d_tx = adam(2e-6), adam(2e-6)
     state = init_train_state(nets, g_tx, d_tx, jax.random.key(0), (size, size))
     vit_params = init_vit_params(vit_cfg, jax.random.key(1))
@@ -127,6 +136,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
     return {
         **info,
         "name": name,
+        "conv_impl": _conv_impl(),
         "backend": jax.default_backend(),
         "sec_per_iter": sec,
         "gflops_per_s": info["gflops"] / sec,
@@ -155,7 +165,7 @@ def run_against_torch(name: str, size: int, iters: int) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = _objective(name)
     vit_cfg = vit_b16_384()
-    nets = Networks(Generator(), FeatureViT(vit_cfg), Discriminator(vit_cfg.width))
+    nets = Networks(Generator(conv_impl=_conv_impl()), FeatureViT(vit_cfg), Discriminator(768))
     lr = 2e-6
     g_tx, d_tx = adam(lr), adam(lr)
     tnets = TorchNets(seed=0)
@@ -221,6 +231,7 @@ def run_against_torch(name: str, size: int, iters: int) -> dict:
     return {
         **info,
         "name": name,
+        "conv_impl": _conv_impl(),
         "backend": jax.default_backend(),
         "threads": torch.get_num_threads(),
         "sec_ours": sec["ours"],
@@ -238,7 +249,11 @@ LOSS_AGREEMENT = 1e-4
 
 
 def print_against(rows: list[dict], size: int) -> None:
-    print(f"\n{size}×{size}, batch 1, {rows[0]['threads']} threads, backend {rows[0]['backend']}")
+    r0 = rows[0]
+    print(
+        f"\n{size}×{size}, batch 1, {r0['threads']} threads, backend {r0['backend']}, "
+        f"G convolutions {r0['conv_impl']}"
+    )
     print(
         f"2048² float32 matmul in the same runs: XLA {rows[0]['matmul_xla']:.0f} GFLOP/s, "
         f"torch {rows[0]['matmul_torch']:.0f} GFLOP/s\n"
@@ -271,8 +286,15 @@ def main() -> None:
     parser.add_argument(
         "--against", choices=["torch"], help="time the PyTorch iteration of the same math too"
     )
+    parser.add_argument(
+        "--conv_impl",
+        choices=["auto", "lax", "im2col"],
+        default="auto",
+        help="G's convolutions, as train.conv_impl (auto: im2col on CPU, lax elsewhere)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ["CONV_IMPL"] = args.conv_impl
     if args.child:
         run = run_against_torch if args.against else run_one
         print(json.dumps(run(args.only, args.size, args.iters)))

@@ -208,7 +208,8 @@ class _Run:
         c = self.c
         self.mesh = data_mesh(c.train.num_devices or None)
         check_global_batch(c.data.global_batch_size, self.mesh)
-        self.nets: Networks = config_lib.build_networks(c)
+        platform = self.mesh.devices.flat[0].platform
+        self.nets: Networks = config_lib.build_networks(c, platform)
         self.source = make_source(c, self.print_fn)
         steps_per_epoch = self.source.steps_per_epoch
         self.total = config_lib.total_steps(c, steps_per_epoch)

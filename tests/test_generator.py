@@ -44,8 +44,10 @@ def _jax_input_grad(module, params, x, probe):
     return np.asarray(jax.jit(jax.grad(scalar))(x), np.float64)
 
 
-def test_forward_parity_256(paper_generator):
-    """Our float32 G against the float64 truth, as accurate as PyTorch's own float32 G.
+@pytest.mark.parametrize("conv_impl", ["lax", "im2col"])
+def test_forward_parity_256(paper_generator, conv_impl):
+    """Our float32 G against the float64 truth, as accurate as PyTorch's own float32 G, with
+    either way of computing the convolutions (``train.conv_impl``).
 
     Two float32 implementations through nine residual blocks each carry ~1.5e-5 (max abs) of
     rounding error that depends on the machine's kernels (8.8e-6 between them on one machine,
@@ -55,6 +57,7 @@ def test_forward_parity_256(paper_generator):
     net, path = paper_generator
     module, params = load_torch_generator(path)
     assert (module.ngf, module.n_blocks) == (64, 9)
+    module = module.clone(conv_impl=conv_impl)
 
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
@@ -68,7 +71,7 @@ def test_forward_parity_256(paper_generator):
     err, ref_err = np.abs(y - y_64).max(), np.abs(y_ref - y_64).max()
     rms, ref_rms = np.sqrt(np.mean((y - y_64) ** 2)), np.sqrt(np.mean((y_ref - y_64) ** 2))
     print(
-        f"generator 256x256 float32 vs float64: ours max {err:.2e} rms {rms:.2e}, "
+        f"generator 256x256 float32 ({conv_impl}) vs float64: ours max {err:.2e} rms {rms:.2e}, "
         f"torch's max {ref_err:.2e} rms {ref_rms:.2e}; ours vs torch's "
         f"{np.abs(y - y_ref).max():.2e}"
     )
@@ -104,9 +107,10 @@ def test_input_gradient_parity_256_float64(paper_generator):
     assert grad_rel <= 1e-4
 
 
-def test_float32_input_gradient_64(paper_generator):
+@pytest.mark.parametrize("conv_impl", ["lax", "im2col"])
+def test_float32_input_gradient_64(paper_generator, conv_impl):
     net, _ = paper_generator
-    module = Generator()
+    module = Generator(conv_impl=conv_impl)
     params = generator_params_from_torch({k: v.numpy() for k, v in net.state_dict().items()})
     rng = np.random.default_rng(4)
     x = rng.uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
@@ -114,7 +118,7 @@ def test_float32_input_gradient_64(paper_generator):
     g_ref = _torch_input_grad(net, x, probe, torch.float64)
     g = _jax_input_grad(module, params, jnp.asarray(x), jnp.asarray(probe))
     grad_rel = np.abs(g - g_ref).max() / np.abs(g_ref).max()
-    print(f"generator 64x64 float32 input-grad rel err vs float64 = {grad_rel:.2e}")
+    print(f"generator 64x64 float32 ({conv_impl}) input-grad rel err vs float64 = {grad_rel:.2e}")
     assert grad_rel <= 1e-4
 
 

@@ -1,10 +1,20 @@
 """Hand-derived values of the fixed resampling and normalization layers (SPEC §1)."""
 
+import functools
+
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cptrans_jax.models.layers import blur_downsample, blur_upsample, instance_norm, reflect_pad
+from cptrans_jax.models.layers import (
+    blur_downsample,
+    blur_upsample,
+    im2col_conv,
+    instance_norm,
+    reflect_pad,
+)
 
 
 def _as_image(rows: np.ndarray) -> jnp.ndarray:
@@ -59,3 +69,66 @@ def test_reflect_pad_matches_numpy():
         np.asarray(reflect_pad(jnp.asarray(x), 2)),
         np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect"),
     )
+
+
+def _lax_conv(x, w, padding):
+    dn = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+
+
+@pytest.mark.parametrize(
+    "k, padding", [(3, ((1, 1), (1, 1))), (3, ((0, 0), (0, 0))), (7, ((0, 2), (3, 1)))]
+)
+def test_im2col_conv_is_the_convolution_and_its_gradients(k, padding):
+    """Values and both gradients equal the native convolution's, in float64 (exact up to the
+    summation order: 1e-12), so the float32 difference is rounding only."""
+    rng = np.random.default_rng(k)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((2, 9, 11, 5)))
+        w = jnp.asarray(rng.standard_normal((k, k, 5, 4)))
+        ref, ref_vjp = jax.vjp(lambda x, w: _lax_conv(x, w, padding), x, w)
+        dn = ("NHWC", "HWIO", "NHWC")
+        out, vjp = jax.vjp(
+            lambda x, w: im2col_conv(x, w, (1, 1), padding, dimension_numbers=dn), x, w
+        )
+        assert out.shape == ref.shape and out.dtype == jnp.float64
+        conv = functools.partial(im2col_conv, window_strides=(1, 1), padding=padding)
+        jaxpr = str(jax.make_jaxpr(functools.partial(conv, dimension_numbers=dn))(x, w))
+        assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr  # really im2col
+        np.testing.assert_allclose(out, ref, atol=1e-12)
+        probe = jnp.asarray(rng.standard_normal(ref.shape))
+        for got, want in zip(vjp(probe), ref_vjp(probe), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-11)
+
+
+def test_im2col_conv_hands_other_convolutions_to_the_native_op():
+    """Strides, dilation, groups and string padding are not im2col's: the native op runs."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 4, 4)), jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    cases = [
+        dict(window_strides=(2, 2), padding=((1, 1), (1, 1))),
+        dict(window_strides=(1, 1), padding="SAME"),
+        dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), rhs_dilation=(2, 2)),
+    ]
+    for kw in cases:
+        want = jax.lax.conv_general_dilated(x, w, dimension_numbers=dn, **kw)
+        np.testing.assert_array_equal(im2col_conv(x, w, dimension_numbers=dn, **kw), want)
+    w1 = w[:, :, :2]  # 2 groups of 2 input channels
+    want = jax.lax.conv_general_dilated(
+        x, w1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn, feature_group_count=2
+    )
+    got = im2col_conv(x, w1, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn, feature_group_count=2)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_im2col_conv_inside_flax_conv_keeps_the_parameters():
+    """nn.Conv with ``conv_general_dilated=im2col_conv`` has the same parameter tree and
+    output (float32 rounding) as the plain nn.Conv."""
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 10, 10, 6)), jnp.float32)
+    plain = nn.Conv(8, (3, 3), padding=[(1, 1), (1, 1)])
+    fast = nn.Conv(8, (3, 3), padding=[(1, 1), (1, 1)], conv_general_dilated=im2col_conv)
+    params = plain.init(jax.random.key(0), x)
+    assert jax.tree.structure(fast.init(jax.random.key(0), x)) == jax.tree.structure(params)
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), atol=1e-5)

@@ -7,6 +7,8 @@ Inputs and outputs are NHWC frames in [-1, 1].
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,13 @@ import jax.numpy as jnp
 from cptrans_jax.models.layers import (
     blur_downsample,
     blur_upsample,
+    im2col_conv,
     instance_norm,
     reflect_pad,
 )
+
+# How G's convolutions are computed; the same parameters and the same math either way.
+CONV_IMPLS = ("lax", "im2col")
 
 
 def xavier_normal(gain: float) -> nn.initializers.Initializer:
@@ -24,8 +30,23 @@ def xavier_normal(gain: float) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(gain**2, mode="fan_avg", distribution="normal")
 
 
-def _conv(features: int, kernel: int, name: str, init_gain: float, zero_pad: int = 0) -> nn.Conv:
-    """A k×k stride-1 convolution with bias; ``zero_pad`` pixels of zero padding."""
+def _conv(
+    features: int,
+    kernel: int,
+    name: str,
+    init_gain: float,
+    zero_pad: int = 0,
+    impl: str = "lax",
+) -> nn.Conv:
+    """A k×k stride-1 convolution with bias; ``zero_pad`` pixels of zero padding.
+
+    ``impl="im2col"`` computes the 3×3 convolutions as one matmul over gathered patches
+    (:func:`~cptrans_jax.models.layers.im2col_conv`, faster on XLA:CPU); the two 7×7 ones stay
+    native (their patch matrix is 49× the input, and the last has 3 output channels — a matmul
+    too thin to gain).
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -34,6 +55,7 @@ def _conv(features: int, kernel: int, name: str, init_gain: float, zero_pad: int
         kernel_init=xavier_normal(init_gain),
         bias_init=nn.initializers.zeros,
         name=name,
+        conv_general_dilated=im2col_conv if impl == "im2col" and kernel == 3 else None,
     )
 
 
@@ -42,12 +64,14 @@ class ResnetBlock(nn.Module):
 
     features: int
     init_gain: float = 0.02
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = _conv(self.features, 3, "conv_block_1", self.init_gain)(reflect_pad(x, 1))
+        conv = functools.partial(_conv, init_gain=self.init_gain, impl=self.conv_impl)
+        h = conv(self.features, 3, "conv_block_1")(reflect_pad(x, 1))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.features, 3, "conv_block_5", self.init_gain)(reflect_pad(h, 1))
+        h = conv(self.features, 3, "conv_block_5")(reflect_pad(h, 1))
         return x + instance_norm(h)
 
 
@@ -55,12 +79,15 @@ class Generator(nn.Module):
     """ResNet generator with blur down/upsampling; ``ngf=64, n_blocks=9`` is the paper's G.
 
     Spatial sizes must be multiples of 4 (two ×2 downsamplings, then two ×2 upsamplings).
+    ``conv_impl`` ("lax" | "im2col") chooses how the convolutions are computed, not what:
+    the parameters and the function are the same (see :func:`_conv`).
     """
 
     ngf: int = 64
     n_blocks: int = 9
     out_channels: int = 3
     init_gain: float = 0.02
+    conv_impl: str = "lax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,20 +99,22 @@ class Generator(nn.Module):
                 f"Generator needs frame height and width divisible by 4, got {h_in}×{w_in}"
             )
         g = self.init_gain
-        h = _conv(self.ngf, 7, "model_1", g)(reflect_pad(x, 3))
+        conv = functools.partial(_conv, init_gain=g, impl=self.conv_impl)
+        h = conv(self.ngf, 7, "model_1")(reflect_pad(x, 3))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.ngf * 2, 3, "model_4", g, zero_pad=1)(h)
+        h = conv(self.ngf * 2, 3, "model_4", zero_pad=1)(h)
         h = blur_downsample(nn.relu(instance_norm(h)))
-        h = _conv(self.ngf * 4, 3, "model_8", g, zero_pad=1)(h)
+        h = conv(self.ngf * 4, 3, "model_8", zero_pad=1)(h)
         h = blur_downsample(nn.relu(instance_norm(h)))
         for i in range(self.n_blocks):
-            h = ResnetBlock(self.ngf * 4, init_gain=g, name=f"model_{12 + i}")(h)
+            block = ResnetBlock(self.ngf * 4, g, self.conv_impl, name=f"model_{12 + i}")
+            h = block(h)
         up = 12 + self.n_blocks  # 21 for the paper's 9 blocks
-        h = _conv(self.ngf * 2, 3, f"model_{up + 1}", g, zero_pad=1)(blur_upsample(h))
+        h = conv(self.ngf * 2, 3, f"model_{up + 1}", zero_pad=1)(blur_upsample(h))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.ngf, 3, f"model_{up + 5}", g, zero_pad=1)(blur_upsample(h))
+        h = conv(self.ngf, 3, f"model_{up + 5}", zero_pad=1)(blur_upsample(h))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.out_channels, 7, f"model_{up + 9}", g)(reflect_pad(h, 3))
+        h = conv(self.out_channels, 7, f"model_{up + 9}")(reflect_pad(h, 3))
         return jnp.tanh(h)
 
 

@@ -8,6 +8,10 @@ holds state.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -69,3 +73,69 @@ def _blur_up_axis(x: jax.Array, axis: int) -> jax.Array:
 def blur_upsample(x: jax.Array) -> jax.Array:
     """Anti-aliased ×2 upsampling: half-pixel bilinear with clamped edges, per spatial axis."""
     return _blur_up_axis(_blur_up_axis(x, 1), 2)
+
+
+def im2col_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """A stride-1 NHWC×HWIO convolution as one matmul over gathered patches (im2col).
+
+    A drop-in for ``lax.conv_general_dilated`` in ``nn.Conv(conv_general_dilated=…)``, the same
+    sum of products in another order. Why: XLA:CPU's convolution kernels, and above all the
+    kernel-gradient convolution of the backward pass, run at a fraction of its matmul rate,
+    while the (H·W, k²·C_in)×(k²·C_in, C_out) matmul here runs near it (see BENCHMARKS.md);
+    the price is the patch matrix, k² times the input, kept for the backward pass. On GPUs and
+    TPUs the native convolution is faster: ``train.conv_impl`` picks this only on CPU.
+    Anything but stride 1, no dilation, one group and NHWC/HWIO is passed to the native op.
+    """
+    native = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    ones = (None, (1, 1), [1, 1])
+    simple = (
+        lhs.ndim == 4
+        and tuple(window_strides) == (1, 1)
+        and (lhs_dilation in ones or tuple(lhs_dilation) == (1, 1))
+        and (rhs_dilation in ones or tuple(rhs_dilation) == (1, 1))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and not isinstance(padding, str)
+        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    )
+    if not simple:
+        return native(lhs, rhs)
+    kh, kw, c_in, c_out = rhs.shape
+    (top, bottom), (left, right) = padding
+    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    h_out, w_out = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    # Channel order (i, j, c) matches rhs.reshape(kh·kw·c_in, c_out) of an HWIO kernel.
+    patches = jnp.concatenate(
+        [x[:, i : i + h_out, j : j + w_out, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    return jnp.einsum(
+        "nhwk,ko->nhwo",
+        patches,
+        rhs.reshape(kh * kw * c_in, c_out),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
