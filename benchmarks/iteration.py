@@ -57,7 +57,7 @@ def _conv_impl() -> str:
     """``--conv_impl`` (passed to the child as CONV_IMPL) resolved as the trainer does."""
     import jax
 
-    from cptrans_jax.config import conv_impl_for
+    from cptrans_jax.models.generator import conv_impl_for
 
     return conv_impl_for(os.environ.get("CONV_IMPL", "auto"), jax.devices()[0].platform)
 

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cptrans_jax.config import conv_impl_for
 from cptrans_jax.convert import init_vit_params
 from cptrans_jax.losses import content_aware, temporal
 from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
 from cptrans_jax.models.discriminator import multiscale_tokens
+from cptrans_jax.models.generator import conv_impl_for
 from cptrans_jax.objectives import Networks, ObjectiveConfig, cptrans_variant
 from cptrans_jax.sharding import data_mesh, jit_iteration
 from cptrans_jax.steps import adam, init_train_state, make_iteration

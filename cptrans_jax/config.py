@@ -20,7 +20,7 @@ import optax
 from cptrans_jax.data.layouts import DATASETS as DATASET_SPECS
 from cptrans_jax.data.layouts import LAYOUTS
 from cptrans_jax.models import Discriminator, FeatureViT, Generator, ViTConfig, vit_b16_384
-from cptrans_jax.models.generator import CONV_IMPLS
+from cptrans_jax.models.generator import CONV_IMPLS, conv_impl_for
 from cptrans_jax.objectives import VARIANTS, Networks, ObjectiveConfig, cptrans_variant
 from cptrans_jax.steps import Schedule, adam
 
@@ -231,13 +231,6 @@ def build_objective(c: ml_collections.ConfigDict) -> ObjectiveConfig:
 
 
 CONV_IMPL_CHOICES = ("auto", *CONV_IMPLS)
-
-
-def conv_impl_for(choice: str, platform: str | None) -> str:
-    """``train.conv_impl`` resolved for the devices' platform ("cpu", "gpu", "tpu")."""
-    if choice != "auto":
-        return choice
-    return "im2col" if platform == "cpu" else "lax"
 
 
 def build_networks(c: ml_collections.ConfigDict, platform: str | None = None) -> Networks:

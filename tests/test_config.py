@@ -58,6 +58,7 @@ def test_paper_numbers():
         ("objective.co_impl", "slow", "objective.co_impl must be 'fast' or 'vmap'"),
         ("train.log_every", 0, "config field train.log_every"),
         ("model.vit.num_heads", 5, "config field model.vit: ViT width 64 not divisible"),
+        ("train.conv_impl", "fft", "config field train.conv_impl: must be one of"),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
@@ -109,3 +110,12 @@ def test_real_data_fields_are_checked():
     c.data.scene = "rain"
     with pytest.raises(ValueError, match="config field data.scene: infraredcity_lite has scenes"):
         config_lib.validate(c)
+
+
+def test_conv_impl_auto_is_im2col_on_cpu_only():
+    c = load("demo")
+    assert c.train.conv_impl == "auto"
+    for platform, impl in [("cpu", "im2col"), ("gpu", "lax"), ("tpu", "lax"), (None, "lax")]:
+        assert config_lib.build_networks(c, platform).generator.conv_impl == impl
+    c.train.conv_impl = "lax"
+    assert config_lib.build_networks(c, "cpu").generator.conv_impl == "lax"

@@ -25,6 +25,14 @@ from cptrans_jax.models.layers import (
 CONV_IMPLS = ("lax", "im2col")
 
 
+def conv_impl_for(choice: str, platform: str | None) -> str:
+    """A ``conv_impl`` choice ("auto" or one of ``CONV_IMPLS``) resolved for the devices'
+    platform ("cpu", "gpu", "tpu"): "auto" is im2col on CPUs, the native op elsewhere."""
+    if choice != "auto":
+        return choice
+    return "im2col" if platform == "cpu" else "lax"
+
+
 def xavier_normal(gain: float) -> nn.initializers.Initializer:
     """``torch.nn.init.xavier_normal_(w, gain)``: N(0, gain² · 2 / (fan_in + fan_out))."""
     return nn.initializers.variance_scaling(gain**2, mode="fan_avg", distribution="normal")
