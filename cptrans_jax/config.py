@@ -21,6 +21,7 @@ from cptrans_jax.data.layouts import DATASETS as DATASET_SPECS
 from cptrans_jax.data.layouts import LAYOUTS
 from cptrans_jax.models import Discriminator, FeatureViT, Generator, ViTConfig, vit_b16_384
 from cptrans_jax.objectives import VARIANTS, Networks, ObjectiveConfig, cptrans_variant
+from cptrans_jax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS, compute_dtype, matmul_precision
 from cptrans_jax.steps import Schedule, adam
 
 DATASETS = ("demo", *DATASET_SPECS)
@@ -75,6 +76,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.max_steps = 0  # 0 = (constant_epochs + decay_epochs) × steps_per_epoch
+    # Precision policy of G, the ViT and D (cptrans_jax/precision.py). float32 | bfloat16: the
+    # networks' compute dtype; parameters, optimizer states, the networks' outputs, the loss
+    # reductions and CO's statistics stay float32. bfloat16 pays on TPUs and GPUs, not on CPUs.
+    c.train.compute_dtype = "float32"
+    # highest | default: the networks' matmul/conv precision. highest = float32-exact on every
+    # backend (what the parity tests check); default = the backend's fastest (TPU: one bfloat16
+    # pass, recent NVIDIA GPUs: TF32). The loss-side products are always highest.
+    c.train.matmul_precision = "highest"
     return c
 
 
@@ -194,6 +203,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _check(c.train[name] > 0, f"train.{name}", f"must be > 0, got {c.train[name]}")
     _check(c.train.num_devices >= 0, "train.num_devices", "must be ≥ 0 (0 = all devices)")
     _check(c.train.max_steps >= 0, "train.max_steps", "must be ≥ 0 (0 = from the epochs)")
+    _check(
+        c.train.compute_dtype in COMPUTE_DTYPES,
+        "train.compute_dtype",
+        f"must be one of {tuple(COMPUTE_DTYPES)}, got {c.train.compute_dtype!r}",
+    )
+    _check(
+        c.train.matmul_precision in MATMUL_PRECISIONS,
+        "train.matmul_precision",
+        f"must be one of {tuple(MATMUL_PRECISIONS)}, got {c.train.matmul_precision!r}",
+    )
     # The dataclasses validate their own fields; re-raise naming the config section.
     try:
         build_objective(c)
@@ -221,11 +240,16 @@ def build_objective(c: ml_collections.ConfigDict) -> ObjectiveConfig:
 
 
 def build_networks(c: ml_collections.ConfigDict) -> Networks:
+    """G, the ViT and D of the config, all three under its precision policy (``train.*``)."""
     vit = vit_config(c)
+    policy = {
+        "dtype": compute_dtype(c.train.compute_dtype),
+        "precision": matmul_precision(c.train.matmul_precision),
+    }
     return Networks(
-        Generator(ngf=c.model.ngf, n_blocks=c.model.n_blocks),
-        FeatureViT(vit),
-        Discriminator(width=vit.width),
+        Generator(ngf=c.model.ngf, n_blocks=c.model.n_blocks, **policy),
+        FeatureViT(vit, **policy),
+        Discriminator(width=vit.width, **policy),
     )
 
 

@@ -3,9 +3,15 @@
 Submodule names carry the index of the PyTorch ``nn.Sequential`` they mirror (``model_1`` is
 ``model.1``), so the converter in :mod:`cptrans_jax.convert` is a rename plus a transpose.
 Inputs and outputs are NHWC frames in [-1, 1].
+
+``dtype`` is the computation dtype and ``precision`` the convolutions' matmul precision
+(:mod:`cptrans_jax.precision`); parameters are float32 whatever they are — the parameter tree is
+the same — and the output frames are float32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -17,6 +23,7 @@ from cptrans_jax.models.layers import (
     instance_norm,
     reflect_pad,
 )
+from cptrans_jax.precision import DEFAULT_DTYPE, DEFAULT_PRECISION, Dtype, Precision
 
 
 def xavier_normal(gain: float) -> nn.initializers.Initializer:
@@ -24,8 +31,20 @@ def xavier_normal(gain: float) -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(gain**2, mode="fan_avg", distribution="normal")
 
 
-def _conv(features: int, kernel: int, name: str, init_gain: float, zero_pad: int = 0) -> nn.Conv:
-    """A k×k stride-1 convolution with bias; ``zero_pad`` pixels of zero padding."""
+def _conv(
+    features: int,
+    kernel: int,
+    name: str,
+    init_gain: float,
+    dtype: Dtype,
+    precision: Precision,
+    zero_pad: int = 0,
+) -> nn.Conv:
+    """A k×k stride-1 convolution with bias; ``zero_pad`` pixels of zero padding.
+
+    float32 parameters, computed in ``dtype`` at ``precision`` (set here, per layer, so the
+    policy holds wherever G runs: the training step, sampling, ``translate``).
+    """
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -33,6 +52,9 @@ def _conv(features: int, kernel: int, name: str, init_gain: float, zero_pad: int
         use_bias=True,
         kernel_init=xavier_normal(init_gain),
         bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        precision=precision,
         name=name,
     )
 
@@ -42,12 +64,17 @@ class ResnetBlock(nn.Module):
 
     features: int
     init_gain: float = 0.02
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = _conv(self.features, 3, "conv_block_1", self.init_gain)(reflect_pad(x, 1))
+        conv = functools.partial(
+            _conv, init_gain=self.init_gain, dtype=self.dtype, precision=self.precision
+        )
+        h = conv(self.features, 3, "conv_block_1")(reflect_pad(x, 1))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.features, 3, "conv_block_5", self.init_gain)(reflect_pad(h, 1))
+        h = conv(self.features, 3, "conv_block_5")(reflect_pad(h, 1))
         return x + instance_norm(h)
 
 
@@ -55,12 +82,15 @@ class Generator(nn.Module):
     """ResNet generator with blur down/upsampling; ``ngf=64, n_blocks=9`` is the paper's G.
 
     Spatial sizes must be multiples of 4 (two ×2 downsamplings, then two ×2 upsamplings).
+    ``dtype``/``precision``: see the module docstring; the output is float32 either way.
     """
 
     ngf: int = 64
     n_blocks: int = 9
     out_channels: int = 3
     init_gain: float = 0.02
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,21 +102,30 @@ class Generator(nn.Module):
                 f"Generator needs frame height and width divisible by 4, got {h_in}×{w_in}"
             )
         g = self.init_gain
-        h = _conv(self.ngf, 7, "model_1", g)(reflect_pad(x, 3))
+        conv = functools.partial(_conv, init_gain=g, dtype=self.dtype, precision=self.precision)
+        # The first conv casts the float32 frames to the compute dtype.
+        h = conv(self.ngf, 7, "model_1")(reflect_pad(x, 3))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.ngf * 2, 3, "model_4", g, zero_pad=1)(h)
+        h = conv(self.ngf * 2, 3, "model_4", zero_pad=1)(h)
         h = blur_downsample(nn.relu(instance_norm(h)))
-        h = _conv(self.ngf * 4, 3, "model_8", g, zero_pad=1)(h)
+        h = conv(self.ngf * 4, 3, "model_8", zero_pad=1)(h)
         h = blur_downsample(nn.relu(instance_norm(h)))
         for i in range(self.n_blocks):
-            h = ResnetBlock(self.ngf * 4, init_gain=g, name=f"model_{12 + i}")(h)
+            h = ResnetBlock(
+                self.ngf * 4,
+                init_gain=g,
+                dtype=self.dtype,
+                precision=self.precision,
+                name=f"model_{12 + i}",
+            )(h)
         up = 12 + self.n_blocks  # 21 for the paper's 9 blocks
-        h = _conv(self.ngf * 2, 3, f"model_{up + 1}", g, zero_pad=1)(blur_upsample(h))
+        h = conv(self.ngf * 2, 3, f"model_{up + 1}", zero_pad=1)(blur_upsample(h))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.ngf, 3, f"model_{up + 5}", g, zero_pad=1)(blur_upsample(h))
+        h = conv(self.ngf, 3, f"model_{up + 5}", zero_pad=1)(blur_upsample(h))
         h = nn.relu(instance_norm(h))
-        h = _conv(self.out_channels, 7, f"model_{up + 9}", g)(reflect_pad(h, 3))
-        return jnp.tanh(h)
+        h = conv(self.out_channels, 7, f"model_{up + 9}")(reflect_pad(h, 3))
+        # tanh on float32: the frames that enter the losses (and CTN's warp) are float32.
+        return jnp.tanh(h.astype(jnp.float32))
 
 
 def generator_conv_indices(n_blocks: int = 9) -> dict[str, int]:
