@@ -7,9 +7,12 @@ so its peak resident memory (``ru_maxrss``) is its own. Prints a Markdown table:
     python benchmarks/iteration.py                     # all configurations
     python benchmarks/iteration.py --only cptrans      # one of them
     python benchmarks/iteration.py --size 64 --iters 2 # a quick smoke run
+    python benchmarks/iteration.py --only cptrans --compute_dtype bfloat16  # precision policy
 
 FLOPs are XLA's own count (``compiled.cost_analysis()['flops']``) of the jitted iteration;
-achieved FLOP/s = FLOPs / median seconds per iteration (compile excluded).
+achieved FLOP/s = FLOPs / median seconds per iteration (compile excluded). ``--compute_dtype``
+and ``--matmul_precision`` set the networks' precision policy (``train.compute_dtype`` /
+``train.matmul_precision``, :mod:`cptrans_jax.precision`); the defaults are float32 / highest.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ CONFIGS = {
 }
 
 
-def run_one(name: str, size: int, iters: int) -> dict:
+def run_one(name: str, size: int, iters: int, dtype: str, precision: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -41,6 +44,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
     from cptrans_jax.convert import init_vit_params
     from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
     from cptrans_jax.objectives import Networks, ObjectiveConfig, cptrans_variant
+    from cptrans_jax.precision import compute_dtype, matmul_precision
     from cptrans_jax.sharding import data_mesh, jit_iteration
     from cptrans_jax.steps import adam, init_train_state, make_iteration
 
@@ -50,7 +54,10 @@ def run_one(name: str, size: int, iters: int) -> dict:
     else:
         cfg = cptrans_variant(variant, co_impl=co_impl)
     vit_cfg = vit_b16_384()
-    nets = Networks(Generator(), FeatureViT(vit_cfg), Discriminator(vit_cfg.width))
+    policy = {"dtype": compute_dtype(dtype), "precision": matmul_precision(precision)}
+    nets = Networks(
+        Generator(**policy), FeatureViT(vit_cfg, **policy), Discriminator(vit_cfg.width, **policy)
+    )
     g_tx, d_tx = adam(2e-6), adam(2e-6)
     state = init_train_state(nets, g_tx, d_tx, jax.random.key(0), (size, size))
     vit_params = init_vit_params(vit_cfg, jax.random.key(1))
@@ -78,6 +85,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
     sec = statistics.median(times)
     return {
         "name": name,
+        "policy": f"{dtype}/{precision}",
         "backend": jax.default_backend(),
         "compile_s": compile_s,
         "sec_per_iter": sec,
@@ -94,23 +102,37 @@ def main() -> None:
     parser.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
     parser.add_argument("--size", type=int, default=256, help="frame size (default 256)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument(
+        "--compute_dtype", choices=("float32", "bfloat16"), default="float32",
+        help="the networks' compute dtype (params, optimizer states and losses stay float32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--matmul_precision", choices=("highest", "default"), default="highest",
+        help="the networks' matmul/conv precision",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.only, args.size, args.iters)))
+        result = run_one(
+            args.only, args.size, args.iters, args.compute_dtype, args.matmul_precision
+        )
+        print(json.dumps(result))
         return
     names = [args.only] if args.only else list(CONFIGS)
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--child", "--only", name]
         cmd += ["--size", str(args.size), "--iters", str(args.iters)]
+        cmd += ["--compute_dtype", args.compute_dtype, "--matmul_precision", args.matmul_precision]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done: {name}", file=sys.stderr, flush=True)
-    print(f"\n{args.size}×{args.size}, batch 1, backend {rows[0]['backend'] if rows else '?'}\n")
+    backend = rows[0]["backend"] if rows else "?"
+    policy = f"{args.compute_dtype}/{args.matmul_precision}"
+    print(f"\n{args.size}×{args.size}, batch 1, backend {backend}, networks {policy}\n")
     print(
         "| configuration | s / iteration | compile s | GFLOP / iteration | GFLOP/s "
         "| XLA temp GiB | peak RSS GiB |"
