@@ -9,6 +9,7 @@ so its peak resident memory (``ru_maxrss``) is its own. Prints a Markdown table:
     python benchmarks/iteration.py --size 64 --iters 2 # a quick smoke run
     python benchmarks/iteration.py --against torch     # CPTrans and ROMA side by side with
                                                        # the same iteration in PyTorch
+    python benchmarks/iteration.py --only cptrans --compute_dtype bfloat16  # precision policy
 
 With ``--against torch`` each configuration's child process builds the PyTorch networks of the
 parity tests at full size (``benchmarks/torch_side.py``), copies their weights into ours, runs
@@ -51,6 +52,22 @@ def _objective(name: str):
     if method == "roma":
         return ObjectiveConfig(method="roma", use_co=False, use_ctn=False)
     return cptrans_variant(variant, co_impl=co_impl)
+
+
+def _networks():
+    """Full-size G, ViT and D under the options the parent passed (CONV_IMPL, POLICY)."""
+    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
+    from cptrans_jax.objectives import Networks
+    from cptrans_jax.precision import compute_dtype, matmul_precision
+
+    dtype, precision = os.environ.get("POLICY", "float32/highest").split("/")
+    policy = {"dtype": compute_dtype(dtype), "precision": matmul_precision(precision)}
+    vit_cfg = vit_b16_384()
+    return Networks(
+        Generator(conv_impl=_conv_impl(), **policy),
+        FeatureViT(vit_cfg, **policy),
+        Discriminator(vit_cfg.width, **policy),
+    )
 
 
 def _conv_impl() -> str:
@@ -108,14 +125,13 @@ def run_one(name: str, size: int, iters: int) -> dict:
     import jax.numpy as jnp
 
     from cptrans_jax.convert import init_vit_params
-    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
-    from cptrans_jax.objectives import Networks
+    from cptrans_jax.models import vit_b16_384
     from cptrans_jax.sharding import data_mesh, jit_iteration
     from cptrans_jax.steps import adam, init_train_state, make_iteration
 
     cfg = _objective(name)
     vit_cfg = vit_b16_384()
-    nets = Networks(Generator(conv_impl=_conv_impl()), FeatureViT(vit_cfg), Discriminator(768))
+    nets = _networks()
     g_tx, d_tx = adam(2e-6), adam(2e-6)
     state = init_train_state(nets, g_tx, d_tx, jax.random.key(0), (size, size))
     vit_params = init_vit_params(vit_cfg, jax.random.key(1))
@@ -137,6 +153,7 @@ def run_one(name: str, size: int, iters: int) -> dict:
         **info,
         "name": name,
         "conv_impl": _conv_impl(),
+        "policy": os.environ.get("POLICY", "float32/highest"),
         "backend": jax.default_backend(),
         "sec_per_iter": sec,
         "gflops_per_s": info["gflops"] / sec,
@@ -157,15 +174,15 @@ def run_against_torch(name: str, size: int, iters: int) -> dict:
         generator_params_from_torch,
         vit_params_from_timm,
     )
-    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
-    from cptrans_jax.objectives import Networks, ctn_noise_for, roma_centers_for
+    from cptrans_jax.models import vit_b16_384
+    from cptrans_jax.objectives import ctn_noise_for, roma_centers_for
     from cptrans_jax.sharding import data_mesh, jit_iteration
     from cptrans_jax.steps import TrainState, adam, iteration_key, make_iteration
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = _objective(name)
     vit_cfg = vit_b16_384()
-    nets = Networks(Generator(conv_impl=_conv_impl()), FeatureViT(vit_cfg), Discriminator(768))
+    nets = _networks()
     lr = 2e-6
     g_tx, d_tx = adam(lr), adam(lr)
     tnets = TorchNets(seed=0)
@@ -292,9 +309,18 @@ def main() -> None:
         default="auto",
         help="G's convolutions, as train.conv_impl (auto: im2col on CPU, lax elsewhere)",
     )
+    parser.add_argument(
+        "--compute_dtype", choices=("float32", "bfloat16"), default="float32",
+        help="the networks' compute dtype (params, optimizer states and losses stay float32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--matmul_precision", choices=("highest", "default"), default="highest",
+        help="the networks' matmul/conv precision",
+    )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ["CONV_IMPL"] = args.conv_impl
+    os.environ["POLICY"] = f"{args.compute_dtype}/{args.matmul_precision}"
     if args.child:
         run = run_against_torch if args.against else run_one
         print(json.dumps(run(args.only, args.size, args.iters)))
@@ -317,7 +343,11 @@ def main() -> None:
     if args.against:
         print_against(rows, args.size)
         return
-    print(f"\n{args.size}×{args.size}, batch 1, backend {rows[0]['backend']}\n")
+    r0 = rows[0]
+    print(
+        f"\n{args.size}×{args.size}, batch 1, backend {r0['backend']}, networks {r0['policy']}, "
+        f"G convolutions {r0['conv_impl']}\n"
+    )
     print(
         "| configuration | s / iteration | compile s | GFLOP / iteration | GFLOP/s "
         "| XLA temp GiB | peak RSS GiB |"

@@ -22,6 +22,7 @@ from cptrans_jax.data.layouts import LAYOUTS
 from cptrans_jax.models import Discriminator, FeatureViT, Generator, ViTConfig, vit_b16_384
 from cptrans_jax.models.generator import CONV_IMPLS, conv_impl_for
 from cptrans_jax.objectives import VARIANTS, Networks, ObjectiveConfig, cptrans_variant
+from cptrans_jax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS, compute_dtype, matmul_precision
 from cptrans_jax.steps import Schedule, adam
 
 DATASETS = ("demo", *DATASET_SPECS)
@@ -80,6 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
     # gathered patches, ~1.7× faster on XLA:CPU), "lax" (the native op, best on GPU/TPU), or
     # "auto" = im2col when the mesh's devices are CPUs, lax otherwise.
     c.train.conv_impl = "auto"
+    # Precision policy of G, the ViT and D (cptrans_jax/precision.py). float32 | bfloat16: the
+    # networks' compute dtype; parameters, optimizer states, the networks' outputs, the loss
+    # reductions and CO's statistics stay float32. bfloat16 pays on TPUs and GPUs, not on CPUs.
+    c.train.compute_dtype = "float32"
+    # highest | default: the networks' matmul/conv precision. highest = float32-exact on every
+    # backend (what the parity tests check); default = the backend's fastest (TPU: one bfloat16
+    # pass, recent NVIDIA GPUs: TF32). The loss-side products are always highest.
+    c.train.matmul_precision = "highest"
     return c
 
 
@@ -204,6 +213,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "train.conv_impl",
         f"must be one of {CONV_IMPL_CHOICES}, got {c.train.conv_impl!r}",
     )
+    _check(
+        c.train.compute_dtype in COMPUTE_DTYPES,
+        "train.compute_dtype",
+        f"must be one of {tuple(COMPUTE_DTYPES)}, got {c.train.compute_dtype!r}",
+    )
+    _check(
+        c.train.matmul_precision in MATMUL_PRECISIONS,
+        "train.matmul_precision",
+        f"must be one of {tuple(MATMUL_PRECISIONS)}, got {c.train.matmul_precision!r}",
+    )
     # The dataclasses validate their own fields; re-raise naming the config section.
     try:
         build_objective(c)
@@ -234,14 +253,19 @@ CONV_IMPL_CHOICES = ("auto", *CONV_IMPLS)
 
 
 def build_networks(c: ml_collections.ConfigDict, platform: str | None = None) -> Networks:
-    """G, the ViT and D of config ``c``; ``platform`` (of the mesh's devices) resolves
-    ``train.conv_impl="auto"`` (None: the native convolution)."""
+    """G, the ViT and D of the config, all three under its precision policy (``train.*``);
+    ``platform`` (of the mesh's devices) resolves ``train.conv_impl="auto"`` (None: the native
+    convolution)."""
     vit = vit_config(c)
+    policy = {
+        "dtype": compute_dtype(c.train.compute_dtype),
+        "precision": matmul_precision(c.train.matmul_precision),
+    }
     conv_impl = conv_impl_for(c.train.get("conv_impl", "auto"), platform)
     return Networks(
-        Generator(ngf=c.model.ngf, n_blocks=c.model.n_blocks, conv_impl=conv_impl),
-        FeatureViT(vit),
-        Discriminator(width=vit.width),
+        Generator(ngf=c.model.ngf, n_blocks=c.model.n_blocks, conv_impl=conv_impl, **policy),
+        FeatureViT(vit, **policy),
+        Discriminator(width=vit.width, **policy),
     )
 
 

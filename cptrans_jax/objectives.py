@@ -95,7 +95,12 @@ def cptrans_variant(variant: str, **overrides: Any) -> ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-    """The three Flax modules (static structure; their params live in the train state)."""
+    """The three Flax modules (static structure; their params live in the train state).
+
+    Each module carries the precision policy (``dtype``, ``precision``;
+    :mod:`cptrans_jax.precision`) and returns float32, so every loss below is reduced in
+    float32 whatever the networks compute in.
+    """
 
     generator: Generator
     vit: FeatureViT
@@ -117,6 +122,14 @@ class Networks:
 
     def discriminate(self, d_params: Params, tokens: jax.Array) -> jax.Array:
         return self.discriminator.apply({"params": d_params}, tokens)
+
+    def co_discriminate(self, d_params: Params, tokens: jax.Array) -> jax.Array:
+        """D at float32 and ``Precision.HIGHEST`` whatever the policy: the network whose
+        per-patch gradients the vmap CO path differentiates. CO's statistics are float32 on both
+        paths (the fast path's closed form reads the float32 params directly), so the two paths
+        agree under bfloat16 too and the selection does not hinge on bfloat16 rounding of D."""
+        d = self.discriminator.clone(dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+        return d.apply({"params": d_params}, tokens)
 
 
 def ctn_noise_for(rng: jax.Array, frames: jax.Array) -> jax.Array:
@@ -167,7 +180,7 @@ def discriminator_phase(
                 lambda_inc=cfg.lambda_inc,
                 impl=cfg.co_impl,
                 chunk_size=cfg.co_chunk_size,
-                d_apply=nets.discriminate,
+                d_apply=nets.co_discriminate,
             )
 
         w_real, _, delta_real = weights_for(real_in, 1.0)

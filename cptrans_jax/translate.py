@@ -4,7 +4,8 @@ Usage::
 
     python -m cptrans_jax.translate --checkpoint CKPT --input IN --output OUT \\
         [--size 256] [--output_size model|input] [--batch_size 8] [--fps F] \\
-        [--fuse METHOD [--fuse_output FUSED]] [--side_by_side SBS [--panel_labels A,B,C]]
+        [--fuse METHOD [--fuse_output FUSED]] [--side_by_side SBS [--panel_labels A,B,C]] \\
+        [--compute_dtype float32|bfloat16]
 
 ``--fuse`` and ``--side_by_side`` write the fusion of the infrared with its translation and an
 infrared | translation (| fusion) comparison video in the same pass
@@ -60,7 +61,9 @@ Its batch has a fixed size (``--batch_size`` rounded up to a multiple of the loc
 the last batch is padded), split over all local devices on a ``data`` mesh axis, so it compiles
 once per frame size. Frames are streamed: one batch is read while the previous one runs, and a
 long video is never held in memory. A progress line (frames done/total, frames/s, ETA) is
-printed every few seconds.
+printed every few seconds. ``--compute_dtype bfloat16`` runs G's layers in bfloat16 (the same
+float32 parameters; instance norm and the output in float32; :mod:`cptrans_jax.precision`) —
+for TPUs and GPUs; the default float32 is what the parity tests check.
 
 Bad input (a missing checkpoint or input, an unknown suffix, a checkpoint that is neither a work
 directory nor a ``.pth`` or that has no readable checkpoint, a corrupt file, an output path that
@@ -84,7 +87,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cptrans_jax import frame_io, video_io
+from cptrans_jax import frame_io, precision, video_io
 from cptrans_jax.frame_output import FrameOutput, OutputError
 from cptrans_jax.fusion import DEFAULT_LEVELS, METHODS
 from cptrans_jax.generator_checkpoint import GeneratorCheckpointError, load_generator
@@ -203,6 +206,7 @@ def translate(
     batch_size: int = 8,
     fps: float | None = None,
     extras: ExtraOptions | None = None,
+    compute_dtype: str = "float32",
     print_fn: Callable[[str], object] = print,
     progress_every_s: float = 5.0,
 ) -> TranslateResult:
@@ -226,6 +230,9 @@ def translate(
         raise TranslateError(f"--batch_size must be >= 1, got {batch_size}")
     if fps is not None and fps <= 0:
         raise TranslateError(f"--fps must be positive, got {fps}")
+    if compute_dtype not in precision.COMPUTE_DTYPES:
+        choices = tuple(precision.COMPUTE_DTYPES)
+        raise TranslateError(f"--compute_dtype must be one of {choices}, got {compute_dtype!r}")
     # Input and output are checked before the (slower) checkpoint load so that a typo fails at
     # once; the output's temporary file or folder is created here.
     source = _open_source(input_path)
@@ -242,8 +249,8 @@ def translate(
         _close(source.frames)
         raise
     try:
-        result = _run(checkpoint, source, sink, extra, size, output_size, batch_size, print_fn,
-                      progress_every_s)  # fmt: skip
+        result = _run(checkpoint, source, sink, extra, size, output_size, batch_size,
+                      compute_dtype, print_fn, progress_every_s)  # fmt: skip
         lines = [*extra.commit(), sink.commit()]
     except BaseException:
         extra.discard()
@@ -276,6 +283,7 @@ def _run(
     size: int,
     output_size: str,
     batch_size: int,
+    compute_dtype: str,
     print_fn: Callable[[str], object],
     progress_every_s: float,
 ) -> TranslateResult:
@@ -284,7 +292,10 @@ def _run(
     mesh = local_data_mesh()
     # The fastest way to compute G's convolutions on these devices (same function, same params).
     platform = mesh.devices.flat[0].platform
-    generator = generator.clone(conv_impl=conv_impl_for("auto", platform))
+    # Same float32 params; only the computation dtype changes (cptrans_jax.precision).
+    generator = generator.clone(
+        conv_impl=conv_impl_for("auto", platform), dtype=precision.compute_dtype(compute_dtype)
+    )
     n_dev = mesh.shape[DATA_AXIS]
     batch = -(-batch_size // n_dev) * n_dev
     infer = extra.infer_fn(generator, mesh, make_infer_fn(generator, mesh))
@@ -293,6 +304,7 @@ def _run(
     print_fn(
         f"translating {source.path} ({source.total or '?'} frames) with G(ngf={generator.ngf}, "
         f"n_blocks={generator.n_blocks}) from {description}; batch {batch} on {n_dev} device(s)"
+        + ("" if compute_dtype == "float32" else f", computing in {compute_dtype}")
     )
     progress = _Progress(source.total, print_fn, progress_every_s)
 
@@ -375,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
         help="frames per step, rounded up to a multiple of the device count (default 8)",
     )
     parser.add_argument(
+        "--compute_dtype",
+        choices=tuple(precision.COMPUTE_DTYPES),
+        default="float32",
+        help="G's computation dtype (default float32); bfloat16 is faster on TPUs and recent "
+        "GPUs, not on CPUs, and its frames differ from float32's by a few levels of 255",
+    )
+    parser.add_argument(
         "--fps",
         type=float,
         default=None,
@@ -432,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             size=args.size,
             output_size=args.output_size,
             batch_size=args.batch_size,
+            compute_dtype=args.compute_dtype,
             fps=args.fps,
             extras=ExtraOptions(
                 args.fuse,

@@ -131,9 +131,13 @@ def ctn_flow(
     weights = jax.image.resize(weights, (b, h, w), method="bilinear", antialias=False)
     flow = weights[..., None] * gamma * noise
     if sigma > 0:
-        flow = pix.gaussian_blur(
-            flow, sigma, blur_kernel_size(sigma), padding="SAME", channel_axis=-1
-        )
+        # dm-pix's depthwise convolutions take no precision argument: float32-exact here on
+        # every backend (TPU's default would be one bfloat16 pass), whatever the networks'
+        # matmul precision (cptrans_jax.precision).
+        with jax.default_matmul_precision("highest"):
+            flow = pix.gaussian_blur(
+                flow, sigma, blur_kernel_size(sigma), padding="SAME", channel_axis=-1
+            )
     return jax.lax.stop_gradient(flow)
 
 

@@ -4,6 +4,10 @@ D maps each ViT token independently: Linear → exact GELU → Linear (768 → 7
 feeds it the 576 raw layer-5 tokens; ROMA appends mean-pooled windows at five scales (785
 tokens in all). Because D is token-wise, content-aware optimization can compute per-patch
 gradients in closed form (see :mod:`cptrans_jax.losses`).
+
+``Discriminator.dtype``/``precision`` are the compute dtype and matmul precision of its two
+dense layers (:mod:`cptrans_jax.precision`); its parameters and its outputs are float32. The
+multiscale pooling is not part of D and always runs at ``Precision.HIGHEST`` on float32 tokens.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cptrans_jax.precision import DEFAULT_DTYPE, DEFAULT_PRECISION, Dtype, Precision
 
 # ROMA's window sizes, in the order their pooled tokens are appended.
 ROMA_SCALES = (2, 4, 6, 8, 12)
@@ -31,9 +37,11 @@ def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 class Discriminator(nn.Module):
-    """Token-wise MLP: (..., T, C) → (..., T, C)."""
+    """Token-wise MLP: (..., T, C) → (..., T, C), float32 outputs whatever ``dtype``."""
 
     width: int = 768
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -42,9 +50,18 @@ class Discriminator(nn.Module):
                 f"Discriminator of width {self.width} got tokens of width {tokens.shape[-1]}"
             )
         init = torch_linear_init(self.width)
-        h = nn.Dense(self.width, kernel_init=init, bias_init=init, name="linear1")(tokens)
-        h = nn.gelu(h, approximate=False)
-        return nn.Dense(self.width, kernel_init=init, bias_init=init, name="linear2")(h)
+        dense = functools.partial(
+            nn.Dense,
+            self.width,
+            kernel_init=init,
+            bias_init=init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            precision=self.precision,
+        )
+        h = nn.gelu(dense(name="linear1")(tokens), approximate=False)
+        # The per-patch LSGAN losses are reduced from these scores: hand them over in float32.
+        return dense(name="linear2")(h).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,7 +3,8 @@
 These reproduce the PyTorch originals exactly (SPEC §1, §9): reflect/zero padding, the
 anti-aliased blur resampling of the CUT/CPTrans generator, and instance normalization without
 affine parameters. They are written as plain array functions so XLA fuses them; none of them
-holds state.
+holds state. They keep their input's dtype (bfloat16 under a bfloat16 compute policy,
+:mod:`cptrans_jax.precision`); instance norm takes its statistics in float32 regardless.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cptrans_jax.precision import float32_at_least
+
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
     """Reflect-pads the two spatial axes of an NHWC array (PyTorch ``ReflectionPad2d``)."""
@@ -25,11 +28,15 @@ def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Instance norm without affine parameters or running statistics.
 
     Two-pass biased variance over H×W per sample and channel, like ``nn.InstanceNorm2d``.
+    A bfloat16 input is normalised in float32 (statistics over H×W pixels must not depend on
+    how a backend accumulates bfloat16, whose mantissa has 8 bits) and the result is cast back
+    to bfloat16; a float32 input is unaffected.
     """
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    centred = x - mean
+    xf = float32_at_least(x)
+    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+    centred = xf - mean
     var = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
-    return centred * jax.lax.rsqrt(var + eps)
+    return (centred * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def _blur_down_axis(x: jax.Array, axis: int) -> jax.Array:

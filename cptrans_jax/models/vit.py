@@ -7,17 +7,32 @@ asked for are ever run; the module creates parameters for blocks ``0..depth-1``.
 
 Outputs are the patch tokens (CLS dropped) after the requested blocks, each passed through the
 model's *final* encoder LayerNorm, row-major over the patch grid.
+
+``FeatureViT.dtype`` is the computation dtype and ``precision`` the matmul precision of the patch
+embedding, every dense layer and both attention products (:mod:`cptrans_jax.precision`).
+Parameters are float32 whatever they are. Under bfloat16 the LayerNorm statistics are float32
+(Flax reduces in float32), attention's softmax runs on float32 logits, and the final encoder
+norm computes and returns float32: the tokens the losses and D read are float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cptrans_jax.precision import (
+    DEFAULT_DTYPE,
+    DEFAULT_PRECISION,
+    Dtype,
+    Precision,
+    float32_at_least,
+)
 
 # The three token layers the losses use (0-based block indices).
 FEATURE_LAYERS = (1, 3, 5)
@@ -62,44 +77,61 @@ def vit_b16_384(depth: int = 6) -> ViTConfig:
 
 class _Attention(nn.Module):
     num_heads: int
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         head_dim = width // self.num_heads
+        dense = functools.partial(
+            nn.DenseGeneral, dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision
+        )
 
         def proj(name: str) -> jax.Array:
-            return nn.DenseGeneral((self.num_heads, head_dim), name=name)(x)
+            return dense((self.num_heads, head_dim), name=name)(x)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (head_dim**-0.5), k)
-        attn = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
-        return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (head_dim**-0.5), k, precision=self.precision)
+        # Softmax on float32 logits (exp of bfloat16 logits would round the weights coarsely).
+        attn = jax.nn.softmax(float32_at_least(logits), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v, precision=self.precision)
+        return dense(width, axis=(-2, -1), name="out")(out)
 
 
 class _MlpBlock(nn.Module):
     mlp_dim: int
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.Dense(self.mlp_dim, name="Dense_0")(x)
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision
+        )
+        h = dense(self.mlp_dim, name="Dense_0")(x)
         h = nn.gelu(h, approximate=False)  # exact erf GELU, as in the checkpoints (SPEC §9)
-        return nn.Dense(x.shape[-1], name="Dense_1")(h)
+        return dense(x.shape[-1], name="Dense_1")(h)
 
 
 class _EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     eps: float
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + _Attention(self.num_heads, name="MultiHeadDotProductAttention_1")(
-            nn.LayerNorm(epsilon=self.eps, name="LayerNorm_0")(x)
+        # LayerNorm reduces in float32 and returns the compute dtype.
+        norm = functools.partial(
+            nn.LayerNorm, epsilon=self.eps, dtype=self.dtype, param_dtype=jnp.float32
         )
-        return x + _MlpBlock(self.mlp_dim, name="MlpBlock_3")(
-            nn.LayerNorm(epsilon=self.eps, name="LayerNorm_2")(x)
+        x = x + _Attention(
+            self.num_heads, self.dtype, self.precision, name="MultiHeadDotProductAttention_1"
+        )(norm(name="LayerNorm_0")(x))
+        return x + _MlpBlock(self.mlp_dim, self.dtype, self.precision, name="MlpBlock_3")(
+            norm(name="LayerNorm_2")(x)
         )
 
 
@@ -127,9 +159,11 @@ def local_window_indices(centers: jax.Array, grid: int, window: int = 7) -> jax.
 
 
 class FeatureViT(nn.Module):
-    """ViT feature extractor; see the module docstring for what it returns."""
+    """ViT feature extractor; see the module docstring for what it returns (float32 tokens)."""
 
     config: ViTConfig
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     def setup(self) -> None:
         cfg = self.config
@@ -138,10 +172,13 @@ class FeatureViT(nn.Module):
             (cfg.patch_size, cfg.patch_size),
             strides=(cfg.patch_size, cfg.patch_size),
             padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            precision=self.precision,
             name="embedding",
         )
         self.cls = self.param("cls", nn.initializers.zeros, (1, 1, cfg.width))
-        self.transformer = _Transformer(cfg, name="Transformer")
+        self.transformer = _Transformer(cfg, self.dtype, self.precision, name="Transformer")
 
     def resize(self, frames: jax.Array) -> jax.Array:
         """Bilinear half-pixel resize of NHWC frames to the ViT input size (no antialiasing,
@@ -153,7 +190,10 @@ class FeatureViT(nn.Module):
         return jax.image.resize(frames, (b, size, size, c), method="bilinear", antialias=False)
 
     def embed(self, frames: jax.Array) -> jax.Array:
-        """Patch embedding of resized frames: (B, N, width), no CLS, no position embedding."""
+        """Patch embedding of resized frames: (B, N, width), no CLS, no position embedding.
+
+        The resize runs on the float32 frames; the embedding conv casts to the compute dtype.
+        """
         x = self.embedding(self.resize(frames))
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
@@ -161,7 +201,8 @@ class FeatureViT(nn.Module):
         """Normed patch tokens after each block in ``layers``: a list of (B, N, width)."""
         x = self.embed(frames)
         cls = jnp.broadcast_to(self.cls, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
-        x = jnp.concatenate([cls, x], axis=1) + self.transformer.pos_embedding()
+        pos = self.transformer.pos_embedding().astype(x.dtype)  # a float32 param: no promotion
+        x = jnp.concatenate([cls, x], axis=1) + pos
         # The CLS token is dropped before the final norm (SPEC §9).
         return [t[:, 1:] for t in self.transformer(x, layers)]
 
@@ -173,7 +214,8 @@ class FeatureViT(nn.Module):
         Each window's patch embeddings (with their position embeddings, no CLS) run through the
         blocks as a sequence of its own.
         """
-        x = self.embed(frames) + self.transformer.pos_embedding()[:, 1:]
+        x = self.embed(frames)
+        x = x + self.transformer.pos_embedding()[:, 1:].astype(x.dtype)
         idx = local_window_indices(centers, self.config.grid, self.config.local_window)
         b, k, t = x.shape[0], idx.shape[0], idx.shape[1]
         windows = x[:, idx.reshape(-1)].reshape(b * k, t, x.shape[-1])
@@ -182,15 +224,31 @@ class FeatureViT(nn.Module):
 
 class _Transformer(nn.Module):
     config: ViTConfig
+    dtype: Dtype = DEFAULT_DTYPE
+    precision: Precision = DEFAULT_PRECISION
 
     def setup(self) -> None:
         cfg = self.config
         self.posembed_input = _PosEmbed(cfg.num_patches + 1, cfg.width, name="posembed_input")
         self.blocks = [
-            _EncoderBlock(cfg.num_heads, cfg.mlp_dim, cfg.layer_norm_eps, name=f"encoderblock_{i}")
+            _EncoderBlock(
+                cfg.num_heads,
+                cfg.mlp_dim,
+                cfg.layer_norm_eps,
+                self.dtype,
+                self.precision,
+                name=f"encoderblock_{i}",
+            )
             for i in range(cfg.depth)
         ]
-        self.encoder_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="encoder_norm")
+        # float32 in and out whatever the compute dtype: its outputs are the tokens the losses,
+        # CO and D read.
+        self.encoder_norm = nn.LayerNorm(
+            epsilon=cfg.layer_norm_eps,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            name="encoder_norm",
+        )
 
     def pos_embedding(self) -> jax.Array:
         return self.posembed_input()
@@ -205,7 +263,7 @@ class _Transformer(nn.Module):
         for i in range(max(layers) + 1):
             x = self.blocks[i](x)
             if i in layers:
-                outs[i] = self.encoder_norm(x)
+                outs[i] = self.encoder_norm(float32_at_least(x))
         return [outs[i] for i in layers]
 
 
