@@ -128,7 +128,8 @@ class Networks:
         per-patch gradients the vmap CO path differentiates. CO's statistics are float32 on both
         paths (the fast path's closed form reads the float32 params directly), so the two paths
         agree under bfloat16 too and the selection does not hinge on bfloat16 rounding of D."""
-        d = self.discriminator.clone(dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+        # dtype None: no cast — the float32 params and tokens (float64 in float64 tests).
+        d = self.discriminator.clone(dtype=None, precision=jax.lax.Precision.HIGHEST)
         return d.apply({"params": d_params}, tokens)
 
 

@@ -38,13 +38,15 @@ import jax.numpy as jnp
 Dtype = Any
 Precision = jax.lax.Precision
 
-COMPUTE_DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "float32" casts nothing (None: each layer computes in its inputs' and parameters' dtype —
+# float32 in training, float64 in the float64 parity tests, which must stay float64 end to end).
+COMPUTE_DTYPES: dict[str, Dtype] = {"float32": None, "bfloat16": jnp.bfloat16}
 MATMUL_PRECISIONS: dict[str, Precision] = {
     "highest": Precision.HIGHEST,
     "default": Precision.DEFAULT,
 }
 # The networks' defaults (and the config's): float32-exact everywhere.
-DEFAULT_DTYPE: Dtype = jnp.float32
+DEFAULT_DTYPE: Dtype = None
 DEFAULT_PRECISION: Precision = Precision.HIGHEST
 
 

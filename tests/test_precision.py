@@ -237,7 +237,8 @@ def test_config_fields_validate_and_build():
     config_lib.validate(c)
     nets_default = config_lib.build_networks(c)
     for m in (nets_default.generator, nets_default.vit, nets_default.discriminator):
-        assert m.dtype == jnp.float32 and m.precision == jax.lax.Precision.HIGHEST
+        # float32 = no cast (None): float32 training, float64 in the float64 parity tests
+        assert m.dtype is None and m.precision == jax.lax.Precision.HIGHEST
     c.train.compute_dtype, c.train.matmul_precision = "bfloat16", "default"
     config_lib.validate(c)
     built = config_lib.build_networks(c)

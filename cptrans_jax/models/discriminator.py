@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cptrans_jax.precision import DEFAULT_DTYPE, DEFAULT_PRECISION, Dtype, Precision
+from cptrans_jax.precision import (
+    DEFAULT_DTYPE,
+    DEFAULT_PRECISION,
+    Dtype,
+    Precision,
+    float32_at_least,
+)
 
 # ROMA's window sizes, in the order their pooled tokens are appended.
 ROMA_SCALES = (2, 4, 6, 8, 12)
@@ -61,7 +67,7 @@ class Discriminator(nn.Module):
         )
         h = nn.gelu(dense(name="linear1")(tokens), approximate=False)
         # The per-patch LSGAN losses are reduced from these scores: hand them over in float32.
-        return dense(name="linear2")(h).astype(jnp.float32)
+        return float32_at_least(dense(name="linear2")(h))
 
 
 @functools.lru_cache(maxsize=16)

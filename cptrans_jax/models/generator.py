@@ -24,7 +24,13 @@ from cptrans_jax.models.layers import (
     instance_norm,
     reflect_pad,
 )
-from cptrans_jax.precision import DEFAULT_DTYPE, DEFAULT_PRECISION, Dtype, Precision
+from cptrans_jax.precision import (
+    DEFAULT_DTYPE,
+    DEFAULT_PRECISION,
+    Dtype,
+    Precision,
+    float32_at_least,
+)
 
 # How G's convolutions are computed; the same parameters and the same math either way.
 CONV_IMPLS = ("lax", "im2col")
@@ -156,7 +162,7 @@ class Generator(nn.Module):
         h = nn.relu(instance_norm(h))
         h = conv(self.out_channels, 7, f"model_{up + 9}")(reflect_pad(h, 3))
         # tanh on float32: the frames that enter the losses (and CTN's warp) are float32.
-        return jnp.tanh(h.astype(jnp.float32))
+        return jnp.tanh(float32_at_least(h))
 
 
 def generator_conv_indices(n_blocks: int = 9) -> dict[str, int]:

@@ -241,11 +241,11 @@ class _Transformer(nn.Module):
             )
             for i in range(cfg.depth)
         ]
-        # float32 in and out whatever the compute dtype: its outputs are the tokens the losses,
-        # CO and D read.
+        # At least float32 in and out whatever the compute dtype (its input is upcast, see
+        # __call__): its outputs are the tokens the losses, CO and D read.
         self.encoder_norm = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps,
-            dtype=jnp.float32,
+            dtype=None,
             param_dtype=jnp.float32,
             name="encoder_norm",
         )
