@@ -38,8 +38,11 @@ def torch_weighted_gan_loss(
 
 def torch_per_patch_grads(
     net: nn.Module, tokens: torch.Tensor, target: float, chunk_size: int | None = None
-) -> torch.Tensor:
-    """All per-patch gradients of one image, flattened: (N, |θ|).
+) -> list[torch.Tensor]:
+    """All per-patch gradients of one image, flattened, in row blocks: [(n_k, |θ|)], Σ n_k = N.
+
+    Kept as blocks: one (N, |θ|) matrix is 5.4 GB in float64 at the paper size, and joining the
+    blocks (or a cosine over the whole matrix) would hold two or three of it at once.
 
     Args:
       net: token-wise discriminator (e.g. ``torch_reference.TorchDiscriminator``).
@@ -60,7 +63,7 @@ def torch_per_patch_grads(
     for start in range(0, tokens.shape[0], step):
         g = per_patch(params, tokens[start : start + step].detach())
         rows.append(torch.cat([g[k].reshape(g[k].shape[0], -1) for k in params], dim=1))
-    return torch.cat(rows, dim=0)
+    return rows
 
 
 def torch_co_deltas(
@@ -75,16 +78,18 @@ def torch_co_deltas(
     ``dtype=torch.float64`` evaluates a double-precision copy of ``net`` (``net`` itself is
     untouched) — a ground truth for paper-size checks, where float32 torch is itself ~2e-5 off
     (its mean and norms run over 576 × 1,181,184 gradient entries). Holds one image's
-    (N, |θ|) gradient matrix at a time (2.7 GB in float32 at the paper size).
+    (N, |θ|) gradient matrix at a time (2.7 GB in float32 at the paper size, in blocks).
     """
     if dtype != torch.float32:
         net = copy.deepcopy(net).to(dtype)
         tokens = tokens.to(dtype)
     out = []
     for b in range(tokens.shape[0]):
-        g = torch_per_patch_grads(net, tokens[b], target, chunk_size)
-        g_bar = g.mean(dim=0, keepdim=True)
-        out.append(F.cosine_similarity(g, g_bar, dim=1, eps=1e-8))
+        blocks = torch_per_patch_grads(net, tokens[b], target, chunk_size)
+        g_bar = sum(block.sum(dim=0) for block in blocks)[None] / tokens.shape[1]
+        out.append(
+            torch.cat([F.cosine_similarity(block, g_bar, dim=1, eps=1e-8) for block in blocks])
+        )
     return torch.stack(out).float()
 
 
