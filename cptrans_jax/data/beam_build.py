@@ -21,7 +21,10 @@ dir and data dir must then be paths the workers can read and write (``gs://…``
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 from cptrans_jax.data.builders import record
 from cptrans_jax.data.layouts import (
     DOMAIN_DIRS,
+    FrameError,
     ScanReport,
     Video,
     find_videos,
@@ -38,6 +42,8 @@ from cptrans_jax.data.layouts import (
 
 INSTALL = "pip install -e '.[beam]'"
 METRICS_NAMESPACE = "cptrans_jax.build"
+# Brackets a worker's FrameError (base64 JSON, which survives any quoting of the message).
+_TAG = "@@FrameError@@"
 
 
 class BeamMissingError(ImportError):
@@ -103,15 +109,31 @@ def _examples(
     """The (key, example) records of one video, counted in Beam metrics."""
     beam = import_beam()
     report = ScanReport()
-    for frame in iter_video(
-        work.video, work.domain, layout, k, skip_corrupt=skip_corrupt, report=report
-    ):
-        yield record(frame)
+    try:
+        for frame in iter_video(
+            work.video, work.domain, layout, k, skip_corrupt=skip_corrupt, report=report
+        ):
+            yield record(frame)
+    except FrameError as e:
+        # A runner re-raises a worker's exception as its text (a RuntimeError, from another
+        # process): tagged, so that build() can raise the FrameError the plain build would.
+        fields = json.dumps([e.path, e.reason, e.corrupt, e.kind])
+        raise RuntimeError(f"{_TAG}{base64.b64encode(fields.encode()).decode()}{_TAG}") from e
     metrics = beam.metrics.Metrics
     metrics.counter(METRICS_NAMESPACE, f"{split}/frames").inc(report.frames)
     skipped = metrics.string_set(METRICS_NAMESPACE, f"{split}/skipped")
     for line in report.skipped:
         skipped.add(line)
+
+
+def worker_error(e: BaseException) -> FrameError | None:
+    """The FrameError a worker raised (see ``_examples``), if ``e`` is the runner's report of
+    one; else None."""
+    found = re.search(f"{_TAG}([A-Za-z0-9+/=]+){_TAG}", str(e))
+    if found is None:
+        return None
+    path, reason, corrupt, kind = json.loads(base64.b64decode(found.group(1)))
+    return FrameError(path, reason, corrupt=corrupt, kind=kind)
 
 
 def read_split(

@@ -274,6 +274,11 @@ def build(
             )
         except BaseException as e:
             _remove_new(root, before, created)
+            if beam_options is not None:
+                from cptrans_jax.data.beam_build import worker_error
+
+                if (frame_error := worker_error(e)) is not None:
+                    raise frame_error from None
             # TFDS reports a failed write of a split (a full disk, say) as a RuntimeError.
             if isinstance(e, (OSError, RuntimeError)):
                 raise DataDirError(
