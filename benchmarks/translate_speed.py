@@ -10,11 +10,15 @@ prints frames/s for
 * ``translate`` end to end on the video (decoding, resizing to 256², G, encoding), once warm.
 
     python benchmarks/translate_speed.py --frames 64 --batch 8
+    python benchmarks/translate_speed.py --frames 8 --batch 2 --reps 1 --json  # one JSON line
+
+G's FLOPs per frame are XLA's count of the jitted batch (``cost_analysis()``) over its size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -33,6 +37,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON line, no table")
     args = parser.parse_args()
 
     import jax
@@ -64,6 +69,9 @@ def main() -> None:
     x = jax.device_put(rng.integers(0, 256, (args.batch, 256, 256, 3), dtype=np.uint8),
                        batch_sharding(mesh))  # fmt: skip
     jax.block_until_ready(infer(params, x))
+    cost = infer.lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    gflops_per_frame = float(cost.get("flops", float("nan"))) / 1e9 / args.batch
 
     def rate(fn) -> float:
         times = []
@@ -91,6 +99,11 @@ def main() -> None:
 
     run_translate()  # warm: the compiled program is cached per (G, mesh)
     end_to_end = max(run_translate() for _ in range(2))
+    if args.json:
+        row = {"ours": rates["ours"], "torch": rates["torch"], "end_to_end": end_to_end}
+        row |= {"batch": args.batch, "gflops_per_frame": gflops_per_frame, "conv_impl": impl}
+        print(json.dumps(row | {"device": jax.devices()[0].device_kind}))
+        return
     print(
         f"\n256², batch {args.batch}, {torch.get_num_threads()} threads, "
         f"G convolutions {impl}; video {args.frames} frames {args.width}×{args.height}\n"
