@@ -1,8 +1,8 @@
 """Translation speed: G alone (ours and PyTorch's, full size) against ``translate`` end to end.
 
-Builds the paper's G (ngf 64, 9 blocks) with random weights as a PyTorch ``.pth`` and a
-synthetic video (``--frames`` frames of ``--width``×``--height``, H.264 through PyAV), then
-prints frames/s for
+Builds the paper's G (ngf 64, 9 blocks; ``--tiny``: the demo's, for smoke runs) with random
+weights as a PyTorch ``.pth`` and a synthetic video (``--frames`` frames of
+``--width``×``--height``, H.264 through PyAV), then prints frames/s for
 
 * ours: the jitted ``(params, uint8 frames) → uint8 frames`` of ``translate`` on batches that
   are already decoded, resized and on the device (G's speed, the bound for translate),
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON line, no table")
+    parser.add_argument("--tiny", action="store_true", help="the demo's G (ngf 16, 3 blocks)")
     args = parser.parse_args()
 
     import jax
@@ -52,7 +53,8 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.mkdtemp(prefix="translate_speed-")
-    net = randomize_(TorchGenerator(), seed=0).eval()
+    size = {"ngf": 16, "n_blocks": 3} if args.tiny else {}
+    net = randomize_(TorchGenerator(**size), seed=0).eval()
     ckpt = os.path.join(tmp, "latest_net_G.pth")
     torch.save(net.state_dict(), ckpt)
     rng = np.random.default_rng(0)
@@ -103,6 +105,7 @@ def main() -> None:
     if args.json:
         row = {"ours": rates["ours"], "torch": rates["torch"], "end_to_end": end_to_end}
         row |= {"batch": args.batch, "gflops_per_frame": gflops_per_frame, "conv_impl": impl}
+        row |= {"tiny": args.tiny}
         print(json.dumps(row | {"device": jax.devices()[0].device_kind}))
         return
     print(
