@@ -313,7 +313,18 @@ def print_against(rows: list[dict], size: int) -> None:
         print(f"\nours CPTrans / torch ROMA: {ratio:.2f}")
 
 
-def main() -> None:
+def child_command(args: argparse.Namespace, name: str) -> list[str]:
+    """The command line of the child process that runs configuration ``name``."""
+    cmd = [sys.executable, __file__, "--child", "--only", name]
+    cmd += ["--size", str(args.size), "--iters", str(args.iters), "--batch", str(args.batch)]
+    cmd += ["--tiny"] if args.tiny else []
+    # The child parses its own flags (and sets POLICY and CONV_IMPL from them): pass them on.
+    cmd += ["--compute_dtype", args.compute_dtype, "--matmul_precision", args.matmul_precision]
+    cmd += ["--conv_impl", args.conv_impl]
+    return cmd + (["--against", args.against] if args.against else [])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
     parser.add_argument("--size", type=int, default=256, help="frame size (default 256)")
@@ -339,12 +350,17 @@ def main() -> None:
         help="the networks' matmul/conv precision",
     )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.against and (args.batch != 1 or args.tiny):
+        parser.error("--against torch times batch 1 of the full-size networks only")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     os.environ["CONV_IMPL"] = args.conv_impl
     os.environ["POLICY"] = f"{args.compute_dtype}/{args.matmul_precision}"
     os.environ["TINY"] = "1" if args.tiny else "0"
-    if args.against and (args.batch != 1 or args.tiny):
-        parser.error("--against torch times batch 1 of the full-size networks only")
     if args.child:
         if args.against:
             print(json.dumps(run_against_torch(args.only, args.size, args.iters)))
@@ -355,14 +371,7 @@ def main() -> None:
     names = [args.only] if args.only else default
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--child", "--only", name]
-        cmd += ["--size", str(args.size), "--iters", str(args.iters), "--batch", str(args.batch)]
-        cmd += ["--tiny"] if args.tiny else []
-        # The child parses its own flags (and sets POLICY and CONV_IMPL from them): pass them on.
-        cmd += ["--compute_dtype", args.compute_dtype, "--matmul_precision", args.matmul_precision]
-        cmd += ["--conv_impl", args.conv_impl]
-        cmd += ["--against", args.against] if args.against else []
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(child_command(args, name), capture_output=True, text=True)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
             continue
