@@ -9,20 +9,24 @@ adapter, so neither needs TensorFlow). Records end up in the same order as in th
 
 The unit of work is one video: in the packed layout that is one file (``k`` frames), in the frame
 layout a folder of frames, which must be read in order to check that they share one size (as
-``layouts.iter_video`` does for the plain build). The listing of the folders (no decoding) runs
-where the pipeline is built; the decoding and PNG encoding run on the workers. What the plain
+``layouts.iter_video`` does for the plain build). The folders are listed (no decoding) where the
+pipeline is built, for the counts and the chunks of videos it starts from, and again by the
+workers, which expand their chunks; the decoding and PNG encoding run on the workers. What the plain
 build counts in its ``ScanReport`` comes back from the workers as Beam metrics (frames: a
 counter; skipped corrupt files: a string set), read in ``collect_reports`` after the run.
 
 Runners: the local DirectRunner (``--direct_num_workers N --direct_running_mode
-multi_processing``) or a cluster's (Dataflow, Flink, Spark) with its own options; the manual
-dir and data dir must then be paths the workers can read and write (``gs://…`` for Dataflow).
+multi_processing``) or a cluster's (Flink, Spark, Dataflow) with its own options. The folders
+are read as files (``os.walk``, PIL), so on a cluster the manual dir and the data dir must be
+the same paths on every worker (a shared mount: NFS, gcsfuse), and the workers need the project
+installed (in their container image, or its wheel through ``--extra_packages``).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -88,19 +92,58 @@ class _Work:
     video: Video
 
 
-def list_split(scene_dir: Path, split: str, layout: str) -> tuple[list[_Work], ScanReport]:
-    """The videos of ``split`` in plain-build order, and what listing found (videos, ignored
-    files, incomplete-video markers); frames and skipped files are counted by the workers."""
-    work: list[_Work] = []
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    """Videos ``start:stop`` of the ``total`` in one domain-split folder (by name, not by list:
+    a pipeline's initial elements travel inside its job description, which a cluster runner
+    caps at a few megabytes, too few for the paths of 290,000 pair files)."""
+
+    domain: int
+    split_dir: str
+    start: int
+    stop: int
+    total: int
+
+
+# Videos per chunk: listing the folder again on a worker is cheap next to decoding this many.
+CHUNK = 256
+
+
+def list_split(scene_dir: Path, split: str, layout: str) -> tuple[list[_Chunk], ScanReport]:
+    """The chunks of ``split``'s videos, and what listing found (videos, ignored files,
+    incomplete-video markers); frames and skipped files are counted by the workers."""
+    chunks: list[_Chunk] = []
     report = ScanReport()
     for domain, name in enumerate(DOMAIN_DIRS[split]):
         videos, ignored = find_videos(scene_dir / name, layout)
         ignored, incomplete = split_ignored(ignored)
         report.ignored += [str(p) for p in ignored]
         report.incomplete += incomplete
-        report.videos += len(videos)
-        work += [_Work(domain, video) for video in videos]
-    return work, report
+        n = len(videos)
+        report.videos += n
+        chunks += [
+            _Chunk(domain, str(scene_dir / name), i, min(i + CHUNK, n), n)
+            for i in range(0, n, CHUNK)
+        ]
+    return chunks, report
+
+
+@functools.lru_cache(maxsize=4)
+def _videos(split_dir: str, layout: str) -> tuple[Video, ...]:
+    return tuple(find_videos(Path(split_dir), layout)[0])
+
+
+def _expand(chunk: _Chunk, layout: str) -> Iterator[_Work]:
+    """The chunk's videos, listed again where it runs (once per folder and worker process)."""
+    videos = _videos(chunk.split_dir, layout)
+    if len(videos) != chunk.total:
+        raise RuntimeError(
+            f"{chunk.split_dir}: a worker finds {len(videos)} videos where the listing found "
+            f"{chunk.total}; the folder changed during the build, or the workers do not see the "
+            "same files (use a path every worker can read)"
+        )
+    for video in videos[chunk.start : chunk.stop]:
+        yield _Work(chunk.domain, video)
 
 
 def _examples(
@@ -147,11 +190,14 @@ def read_split(
     """The Beam transform giving ``split``'s (key, example) records; lists the folders now and
     puts what it found in ``reports[split]``."""
     beam = import_beam()
-    work, reports[split] = list_split(scene_dir, split, layout)
+    chunks, reports[split] = list_split(scene_dir, split, layout)
     return (
-        f"List{split}" >> beam.Create(work)
-        # Create's elements would stay together on one worker: spread them over all of them.
-        | f"Spread{split}" >> beam.Reshuffle()
+        f"List{split}" >> beam.Create(chunks)
+        # Create's elements, and what one element expands to, would stay on one worker (fused
+        # steps): spread them over all of them, chunks first, then videos.
+        | f"SpreadChunks{split}" >> beam.Reshuffle()
+        | f"Videos{split}" >> beam.FlatMap(_expand, layout=layout)
+        | f"SpreadVideos{split}" >> beam.Reshuffle()
         | f"Read{split}"
         >> beam.FlatMap(_examples, split=split, layout=layout, k=k, skip_corrupt=skip_corrupt)
     )
