@@ -22,9 +22,9 @@ unchanged, so the local DirectRunner with N processes is
     python data_prep/build.py … --beam --direct_num_workers 4 \
         --direct_running_mode multi_processing
 
-and a cluster runner takes its own options (``--beam_runner DataflowRunner --project …
---region … --temp_location gs://…``, with ``gs://`` manual and data dirs the workers can reach).
-An option Beam does not know is an error, not a silent default.
+and a cluster runner takes its own options (``--beam_runner FlinkRunner --flink_master HOST:8081``;
+the manual and data dirs must then be the same paths on every worker, a shared mount). An
+option Beam does not know is an error, not a silent default.
 """
 
 from __future__ import annotations
