@@ -150,7 +150,7 @@ def main() -> int:
     print(f"\n### {device}: one training iteration, {size}², one device\n")
     print(f"{ref_label}; XLA's FLOP count; float32 at precision highest, bfloat16 at default.\n")
     print(
-        "| method | dtype | batch | s / iteration | clips/s | GFLOP / iteration | TFLOP/s "
+        "| method | dtype | batch | s / iteration | clips/s | GFLOP / iteration | GFLOP/s "
         "| MFU | compile s | XLA temp GiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -161,7 +161,7 @@ def main() -> int:
         tflops = r["gflops"] / r["sec_per_iter"] / 1e3
         print(
             f"| {method} | {dtype} | {batch} | {r['sec_per_iter']:.3f} "
-            f"| {batch / r['sec_per_iter']:.2f} | {r['gflops']:.1f} | {tflops:.2f} "
+            f"| {batch / r['sec_per_iter']:.2f} | {r['gflops']:.4g} | {tflops * 1e3:.4g} "
             f"| {mfu(tflops, dtype)} | {r['compile_s']:.1f} | {r['xla_temp_gib']:.2f} |"
         )
     print(f"\n### translate ({'the demo' if args.cpu else 'the paper'}'s G, 256², float32)\n")
@@ -170,10 +170,10 @@ def main() -> int:
     else:
         g_tflops = trans["ours"] * trans["gflops_per_frame"] / 1e3
         print(f"batch {trans['batch']}, G {trans['gflops_per_frame']:.1f} GFLOP/frame (XLA)\n")
-        print("| what | frames/s | TFLOP/s | MFU |")
+        print("| what | frames/s | GFLOP/s | MFU |")
         print("|---|---|---|---|")
         g_mfu = mfu(g_tflops, "float32")
-        print(f"| G alone, ours | {trans['ours']:.1f} | {g_tflops:.2f} | {g_mfu} |")
+        print(f"| G alone, ours | {trans['ours']:.1f} | {g_tflops * 1e3:.4g} | {g_mfu} |")
         print(f"| G alone, PyTorch on the CPU | {trans['torch']:.1f} | | |")
         print(f"| `translate` end to end | {trans['end_to_end']:.1f} | | |")
     print(f"\n(timings took {time.monotonic() - start:.0f} s)")
