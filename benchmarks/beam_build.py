@@ -50,9 +50,10 @@ def main() -> None:
     try:
         frames = write_scene(root / "manual" / "monitor", args.files)
         ways: list[tuple[str, object]] = [("plain, one process", None)]
+        ways.append(("Beam DirectRunner, in this process", ["--direct_running_mode=in_memory"]))
         for n in (int(w) for w in args.workers.split(",")):
             flags = [f"--direct_num_workers={n}", "--direct_running_mode=multi_processing"]
-            ways.append((f"Beam DirectRunner, {n} worker processes", flags))
+            ways.append((f"Beam DirectRunner, {n} worker process{'es' if n > 1 else ''}", flags))
         rows = []
         for i, (name, flags) in enumerate(ways):
             options = None if flags is None else beam_build.pipeline_options("DirectRunner", flags)
