@@ -52,7 +52,9 @@ def _objective(name: str):
 
     method, variant, co_impl = CONFIGS[name]
     if method == "roma":
-        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False)
+        # The tiny ViT has 36 patches, too few for ROMA's 64 local centres: the demo's 8.
+        centers = {"roma_local_centers": 8} if os.environ.get("TINY") == "1" else {}
+        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False, **centers)
     return cptrans_variant(variant, co_impl=co_impl)
 
 
