@@ -40,3 +40,14 @@ def test_device_check_script_parses_and_refuses_unknown_flags():
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--gpu"], capture_output=True, text=True)
     assert out.returncode == 2 and "usage:" in out.stderr
+
+
+def test_tiny_networks_fit_roma(monkeypatch):
+    # ROMA draws distinct local centres among the ViT's patches: the tiny ViT has 36.
+    monkeypatch.setenv("TINY", "1")
+    vit = iteration._vit_cfg()
+    assert vit.num_patches == 36
+    assert iteration._objective("roma").roma_local_centers <= vit.num_patches
+    monkeypatch.setenv("TINY", "0")
+    assert iteration._vit_cfg().num_patches == 576
+    assert iteration._objective("roma").roma_local_centers == 64
