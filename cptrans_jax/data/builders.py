@@ -18,6 +18,10 @@ even when it is read-only); when the build fails, the folders it created on the 
 ``.config`` note of a data set folder it created) are removed too. A data dir that is a file,
 cannot be created or cannot be written, and a write that fails during the build (a full disk),
 raise :class:`DataDirError` in one line.
+
+With Beam ``PipelineOptions`` (``build(beam_options=…)``, ``data_prep/build.py --beam``) the same
+builder returns Beam transforms instead of generators and a Beam runner's workers make the same
+records (``beam_build.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ class _SceneDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version: one example per frame, train and test splits."}
 
-    def __init__(self, *, skip_corrupt: bool = False, beam_options=None, **kwargs) -> None:
+    def __init__(
+        self, *, skip_corrupt: bool = False, beam_options: object | None = None, **kwargs
+    ) -> None:
         self.skip_corrupt = skip_corrupt
         # Beam PipelineOptions: build with Apache Beam (beam_build.py) instead of in this process.
         self.beam_options = beam_options
@@ -135,7 +141,7 @@ class _SceneDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         ):
             yield record(frame)
 
-    def _process_pipeline_result(self, pipeline_result) -> None:
+    def _process_pipeline_result(self, pipeline_result: object) -> None:
         # Called by TFDS after a Beam build: the workers' frame counts and skipped files.
         from cptrans_jax.data import beam_build
 
@@ -239,7 +245,7 @@ def build(
     data_dir: str | os.PathLike,
     *,
     skip_corrupt: bool = False,
-    beam_options=None,
+    beam_options: object | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> _SceneDataset:
     """Build one scene from the manual folder into ``data_dir`` and index its frames.
