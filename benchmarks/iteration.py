@@ -10,6 +10,8 @@ so its peak resident memory (``ru_maxrss``) is its own. Prints a Markdown table:
     python benchmarks/iteration.py --against torch     # CPTrans and ROMA side by side with
                                                        # the same iteration in PyTorch
     python benchmarks/iteration.py --only cptrans --compute_dtype bfloat16  # precision policy
+    python benchmarks/iteration.py --only roma --batch 8 --json  # batch 8; one JSON line a row
+    python benchmarks/iteration.py --tiny --size 32 --iters 1    # the demo's tiny networks
 
 With ``--against torch`` each configuration's child process builds the PyTorch networks of the
 parity tests at full size (``benchmarks/torch_side.py``), copies their weights into ours, runs
@@ -50,21 +52,35 @@ def _objective(name: str):
 
     method, variant, co_impl = CONFIGS[name]
     if method == "roma":
-        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False)
+        # The tiny ViT has 36 patches, too few for ROMA's 64 local centres: the demo's 8.
+        centers = {"roma_local_centers": 8} if os.environ.get("TINY") == "1" else {}
+        return ObjectiveConfig(method="roma", use_co=False, use_ctn=False, **centers)
     return cptrans_variant(variant, co_impl=co_impl)
 
 
+def _vit_cfg():
+    """ViT-B/16-384, or with ``--tiny`` (TINY=1 in the child) the demo config's small ViT."""
+    from cptrans_jax.models import vit_b16_384
+    from cptrans_jax.models.vit import ViTConfig
+
+    if os.environ.get("TINY") == "1":
+        return ViTConfig(image_size=96, width=64, depth=6, num_heads=4, mlp_dim=128, local_window=3)
+    return vit_b16_384()
+
+
 def _networks():
-    """Full-size G, ViT and D under the options the parent passed (CONV_IMPL, POLICY)."""
-    from cptrans_jax.models import Discriminator, FeatureViT, Generator, vit_b16_384
+    """G, ViT and D (full size, or ``--tiny``: the demo's) under the options the parent passed
+    (CONV_IMPL, POLICY, TINY)."""
+    from cptrans_jax.models import Discriminator, FeatureViT, Generator
     from cptrans_jax.objectives import Networks
     from cptrans_jax.precision import compute_dtype, matmul_precision
 
     dtype, precision = os.environ.get("POLICY", "float32/highest").split("/")
     policy = {"dtype": compute_dtype(dtype), "precision": matmul_precision(precision)}
-    vit_cfg = vit_b16_384()
+    g_size = {"ngf": 16, "n_blocks": 3} if os.environ.get("TINY") == "1" else {}
+    vit_cfg = _vit_cfg()
     return Networks(
-        Generator(conv_impl=_conv_impl(), **policy),
+        Generator(conv_impl=_conv_impl(), **g_size, **policy),
         FeatureViT(vit_cfg, **policy),
         Discriminator(vit_cfg.width, **policy),
     )
@@ -120,24 +136,24 @@ def _compile(step, *args) -> tuple:
     }
 
 
-def run_one(name: str, size: int, iters: int) -> dict:
+def run_one(name: str, size: int, iters: int, batch_size: int = 1) -> dict:
     import jax
     import jax.numpy as jnp
 
     from cptrans_jax.convert import init_vit_params
-    from cptrans_jax.models import vit_b16_384
     from cptrans_jax.sharding import data_mesh, jit_iteration
     from cptrans_jax.steps import adam, init_train_state, make_iteration
 
     cfg = _objective(name)
-    vit_cfg = vit_b16_384()
+    vit_cfg = _vit_cfg()
     nets = _networks()
     g_tx, d_tx = adam(2e-6), adam(2e-6)
     state = init_train_state(nets, g_tx, d_tx, jax.random.key(0), (size, size))
     vit_params = init_vit_params(vit_cfg, jax.random.key(1))
     t = cfg.frames_per_sample
     rng = np.random.default_rng(0)
-    batch = {k: jnp.asarray(rng.uniform(-1, 1, (1, t, size, size, 3)), jnp.float32) for k in "AB"}
+    shape = (batch_size, t, size, size, 3)
+    batch = {k: jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32) for k in "AB"}
     step = jit_iteration(make_iteration(nets, cfg, g_tx, d_tx), data_mesh(1))
     key = jax.random.key(2)
     compiled, info = _compile(step, state, batch, vit_params, key)
@@ -152,6 +168,10 @@ def run_one(name: str, size: int, iters: int) -> dict:
     return {
         **info,
         "name": name,
+        "batch": batch_size,
+        "size": size,
+        "tiny": os.environ.get("TINY") == "1",
+        "device": jax.devices()[0].device_kind,
         "conv_impl": _conv_impl(),
         "policy": os.environ.get("POLICY", "float32/highest"),
         "backend": jax.default_backend(),
@@ -295,11 +315,25 @@ def print_against(rows: list[dict], size: int) -> None:
         print(f"\nours CPTrans / torch ROMA: {ratio:.2f}")
 
 
-def main() -> None:
+def child_command(args: argparse.Namespace, name: str) -> list[str]:
+    """The command line of the child process that runs configuration ``name``."""
+    cmd = [sys.executable, __file__, "--child", "--only", name]
+    cmd += ["--size", str(args.size), "--iters", str(args.iters), "--batch", str(args.batch)]
+    cmd += ["--tiny"] if args.tiny else []
+    # The child parses its own flags (and sets POLICY and CONV_IMPL from them): pass them on.
+    cmd += ["--compute_dtype", args.compute_dtype, "--matmul_precision", args.matmul_precision]
+    cmd += ["--conv_impl", args.conv_impl]
+    return cmd + (["--against", args.against] if args.against else [])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
     parser.add_argument("--size", type=int, default=256, help="frame size (default 256)")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations (median)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per iteration (one device)")
+    parser.add_argument("--tiny", action="store_true", help="the demo's tiny networks (smoke)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per row, no table")
     parser.add_argument(
         "--against", choices=["torch"], help="time the PyTorch iteration of the same math too"
     )
@@ -318,34 +352,46 @@ def main() -> None:
         help="the networks' matmul/conv precision",
     )  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.against and (args.batch != 1 or args.tiny):
+        parser.error("--against torch times batch 1 of the full-size networks only")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     os.environ["CONV_IMPL"] = args.conv_impl
     os.environ["POLICY"] = f"{args.compute_dtype}/{args.matmul_precision}"
+    os.environ["TINY"] = "1" if args.tiny else "0"
     if args.child:
-        run = run_against_torch if args.against else run_one
-        print(json.dumps(run(args.only, args.size, args.iters)))
+        if args.against:
+            print(json.dumps(run_against_torch(args.only, args.size, args.iters)))
+        else:
+            print(json.dumps(run_one(args.only, args.size, args.iters, args.batch)))
         return
     default = ["cptrans", "roma"] if args.against else list(CONFIGS)
     names = [args.only] if args.only else default
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--child", "--only", name]
-        cmd += ["--size", str(args.size), "--iters", str(args.iters)]
-        cmd += ["--against", args.against] if args.against else []
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(child_command(args, name), capture_output=True, text=True)
         if out.returncode:
             print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done: {name}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
     if not rows:
         raise SystemExit(1)
+    if args.json:
+        return
     if args.against:
         print_against(rows, args.size)
         return
     r0 = rows[0]
     print(
-        f"\n{args.size}×{args.size}, batch 1, backend {r0['backend']}, networks {r0['policy']}, "
+        f"\n{args.size}×{args.size}, batch {args.batch}, backend {r0['backend']}, "
+        f"networks {r0['policy']}{' (tiny)' if args.tiny else ''}, "
         f"G convolutions {r0['conv_impl']}\n"
     )
     print(

@@ -1,8 +1,8 @@
 """Translation speed: G alone (ours and PyTorch's, full size) against ``translate`` end to end.
 
-Builds the paper's G (ngf 64, 9 blocks) with random weights as a PyTorch ``.pth`` and a
-synthetic video (``--frames`` frames of ``--width``×``--height``, H.264 through PyAV), then
-prints frames/s for
+Builds the paper's G (ngf 64, 9 blocks; ``--tiny``: the demo's, for smoke runs) with random
+weights as a PyTorch ``.pth`` and a synthetic video (``--frames`` frames of
+``--width``×``--height``, H.264 through PyAV), then prints frames/s for
 
 * ours: the jitted ``(params, uint8 frames) → uint8 frames`` of ``translate`` on batches that
   are already decoded, resized and on the device (G's speed, the bound for translate),
@@ -10,11 +10,15 @@ prints frames/s for
 * ``translate`` end to end on the video (decoding, resizing to 256², G, encoding), once warm.
 
     python benchmarks/translate_speed.py --frames 64 --batch 8
+    python benchmarks/translate_speed.py --frames 8 --batch 2 --reps 1 --json  # one JSON line
+
+G's FLOPs per frame are XLA's count of the lowered batch (``cost_analysis()``) over its size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -33,6 +37,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON line, no table")
+    parser.add_argument("--tiny", action="store_true", help="the demo's G (ngf 16, 3 blocks)")
     args = parser.parse_args()
 
     import jax
@@ -47,7 +53,8 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.mkdtemp(prefix="translate_speed-")
-    net = randomize_(TorchGenerator(), seed=0).eval()
+    size = {"ngf": 16, "n_blocks": 3} if args.tiny else {}
+    net = randomize_(TorchGenerator(**size), seed=0).eval()
     ckpt = os.path.join(tmp, "latest_net_G.pth")
     torch.save(net.state_dict(), ckpt)
     rng = np.random.default_rng(0)
@@ -64,6 +71,10 @@ def main() -> None:
     x = jax.device_put(rng.integers(0, 256, (args.batch, 256, 256, 3), dtype=np.uint8),
                        batch_sharding(mesh))  # fmt: skip
     jax.block_until_ready(infer(params, x))
+    # The lowered program's count: the same HLO, without compiling it a second time.
+    cost = infer.lower(params, x).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    gflops_per_frame = float(cost.get("flops", float("nan"))) / 1e9 / args.batch
 
     def rate(fn) -> float:
         times = []
@@ -91,6 +102,12 @@ def main() -> None:
 
     run_translate()  # warm: the compiled program is cached per (G, mesh)
     end_to_end = max(run_translate() for _ in range(2))
+    if args.json:
+        row = {"ours": rates["ours"], "torch": rates["torch"], "end_to_end": end_to_end}
+        row |= {"batch": args.batch, "gflops_per_frame": gflops_per_frame, "conv_impl": impl}
+        row |= {"tiny": args.tiny}
+        print(json.dumps(row | {"device": jax.devices()[0].device_kind}))
+        return
     print(
         f"\n256², batch {args.batch}, {torch.get_num_threads()} threads, "
         f"G convolutions {impl}; video {args.frames} frames {args.width}×{args.height}\n"

@@ -18,6 +18,10 @@ even when it is read-only); when the build fails, the folders it created on the 
 ``.config`` note of a data set folder it created) are removed too. A data dir that is a file,
 cannot be created or cannot be written, and a write that fails during the build (a full disk),
 raise :class:`DataDirError` in one line.
+
+With Beam ``PipelineOptions`` (``build(beam_options=…)``, ``data_prep/build.py --beam``) the same
+builder returns Beam transforms instead of generators and a Beam runner's workers make the same
+records (``beam_build.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from cptrans_jax.data.layouts import (
     DOMAINS,
     LAYOUTS,
     DataLayoutError,
+    Frame,
     ScanReport,
     check_structure,
     iter_split,
@@ -83,8 +88,12 @@ class _SceneDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First version: one example per frame, train and test splits."}
 
-    def __init__(self, *, skip_corrupt: bool = False, **kwargs) -> None:
+    def __init__(
+        self, *, skip_corrupt: bool = False, beam_options: object | None = None, **kwargs
+    ) -> None:
         self.skip_corrupt = skip_corrupt
+        # Beam PipelineOptions: build with Apache Beam (beam_build.py) instead of in this process.
+        self.beam_options = beam_options
         self.reports: dict[str, ScanReport] = {}
         super().__init__(**kwargs)
 
@@ -111,6 +120,16 @@ class _SceneDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         problems = check_structure(scene_dir, config.layout, DATASETS[self.DATASET].packed_frames)
         if problems:
             raise DataLayoutError(problems, f"{self.DATASET}/{config.name}: the manual folder:")
+        if self.beam_options is not None:
+            from cptrans_jax.data import beam_build
+
+            k = DATASETS[self.DATASET].packed_frames
+            return {
+                split: beam_build.read_split(
+                    scene_dir, split, config.layout, k, self.skip_corrupt, self.reports
+                )
+                for split in DOMAIN_DIRS
+            }
         return {split: self._generate_examples(scene_dir, split) for split in DOMAIN_DIRS}
 
     def _generate_examples(self, scene_dir: Path, split: str):
@@ -120,16 +139,24 @@ class _SceneDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for frame in iter_split(
             scene_dir, split, config.layout, k, skip_corrupt=self.skip_corrupt, report=report
         ):
-            key = f"{frame.domain}/{frame.video_id}/{frame.frame_index:08d}"
-            yield (
-                key,
-                {
-                    "image": _png(frame.pixels),
-                    "domain": frame.domain,
-                    "video": frame.video_id,
-                    "frame_index": frame.frame_index,
-                },
-            )
+            yield record(frame)
+
+    def _process_pipeline_result(self, pipeline_result: object) -> None:
+        # Called by TFDS after a Beam build: the workers' frame counts and skipped files.
+        from cptrans_jax.data import beam_build
+
+        beam_build.collect_reports(self.reports, pipeline_result)
+
+
+def record(frame: Frame) -> tuple[str, dict]:
+    """The TFDS (key, example) of one frame; the key orders records (TFDS sorts by its hash)."""
+    key = f"{frame.domain}/{frame.video_id}/{frame.frame_index:08d}"
+    return key, {
+        "image": _png(frame.pixels),
+        "domain": frame.domain,
+        "video": frame.video_id,
+        "frame_index": frame.frame_index,
+    }
 
 
 def _configs(dataset: str) -> list[SceneConfig]:
@@ -218,6 +245,7 @@ def build(
     data_dir: str | os.PathLike,
     *,
     skip_corrupt: bool = False,
+    beam_options: object | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> _SceneDataset:
     """Build one scene from the manual folder into ``data_dir`` and index its frames.
@@ -225,9 +253,13 @@ def build(
     Raises DataLayoutError (every structural problem) or FrameError (the first bad file; corrupt
     files are skipped and counted instead when ``skip_corrupt``), or DataDirError (``data_dir``
     is a file, cannot be written, or a write failed; nothing half-built is left, see the module
-    docstring). An already built scene is reused, as TFDS does.
+    docstring). An already built scene is reused, as TFDS does. ``beam_options`` (Beam
+    ``PipelineOptions``, see ``beam_build.pipeline_options``) builds it with Apache Beam: the
+    same records, made by the runner's workers.
     """
-    builder = make_builder(dataset, scene, layout, data_dir, skip_corrupt=skip_corrupt)
+    builder = make_builder(
+        dataset, scene, layout, data_dir, skip_corrupt=skip_corrupt, beam_options=beam_options
+    )
     k = DATASETS[dataset].packed_frames
     scene_dir = Path(manual_dir) / scene
     if not Path(manual_dir).is_dir():
@@ -242,10 +274,17 @@ def build(
         created = _check_data_dir(root)
         try:
             builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=os.fspath(manual_dir), beam_options=beam_options
+                )
             )
         except BaseException as e:
             _remove_new(root, before, created)
+            if beam_options is not None:
+                from cptrans_jax.data.beam_build import worker_error
+
+                if (frame_error := worker_error(e)) is not None:
+                    raise frame_error from None
             # TFDS reports a failed write of a split (a full disk, say) as a RuntimeError.
             if isinstance(e, (OSError, RuntimeError)):
                 raise DataDirError(

@@ -312,19 +312,37 @@ def iter_split(
         report.incomplete += incomplete
         for video in videos:
             report.videos += 1
-            size = None
-            for position, path in enumerate(video.files):
-                try:
-                    parts = frames_of_file(path, layout, k, size)
-                except FrameError as e:
-                    if e.corrupt and skip_corrupt:
-                        report.skipped.append(str(e))
-                        continue
-                    raise
-                size = parts[0].shape[:2]
-                for offset, part in enumerate(parts):
-                    report.frames += 1
-                    yield Frame(domain, video.video_id, position + offset, part, path)
+            yield from iter_video(
+                video, domain, layout, k, skip_corrupt=skip_corrupt, report=report
+            )
+
+
+def iter_video(
+    video: Video,
+    domain: int,
+    layout: str,
+    k: int,
+    *,
+    skip_corrupt: bool = False,
+    report: ScanReport | None = None,
+) -> Iterator[Frame]:
+    """The frames of one video in order, as :func:`iter_split` reads them (``report.frames`` and
+    ``report.skipped`` are updated; ``report.videos`` is the caller's). One video is the unit of
+    work of the Beam build: its frames must be read in order to check they share one size."""
+    report = report if report is not None else ScanReport()
+    size = None
+    for position, path in enumerate(video.files):
+        try:
+            parts = frames_of_file(path, layout, k, size)
+        except FrameError as e:
+            if e.corrupt and skip_corrupt:
+                report.skipped.append(str(e))
+                continue
+            raise
+        size = parts[0].shape[:2]
+        for offset, part in enumerate(parts):
+            report.frames += 1
+            yield Frame(domain, video.video_id, position + offset, part, path)
 
 
 @dataclasses.dataclass(frozen=True)
