@@ -30,7 +30,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,9 +134,15 @@ def _demo_config(workdir: str) -> dict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{workdir} is not a training work directory: it has no config.json")
-    with open(path) as f:
-        config = json.load(f)
-    data = config.get("data", {})
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        data = config["data"]
+        int(data["seed"]), int(data["frame_size"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path}: not a training config with data.seed and data.frame_size ({e!r})"
+        ) from e
     if data.get("name") != "demo":
         raise ValueError(
             f"{workdir} trained on data set {data.get('name')!r}, not the demo: the layout "
@@ -145,11 +151,30 @@ def _demo_config(workdir: str) -> dict:
     return config
 
 
+def score_translator(
+    translate: Callable[[np.ndarray], np.ndarray], seed: int, frame_size: int, num_scenes: int
+) -> dict[str, Any]:
+    """Scores ``translate`` ((N, S, S, 3) infrared in [-1, 1] → day frames in [-1, 1]) and the
+    mean-day-frame baseline on ``num_scenes`` held-out scenes of data set ``seed``."""
+    if num_scenes < 1:
+        raise ValueError(f"the number of scenes must be >= 1, got {num_scenes}")
+    infrared, truth, labels = held_out_scenes(seed, num_scenes, frame_size)
+    fake = np.clip(np.asarray(translate(infrared), np.float32), -1.0, 1.0)
+    if fake.shape != truth.shape:
+        raise ValueError(f"translations have shape {fake.shape}, expected {truth.shape}")
+    baseline = np.broadcast_to(mean_day_frame(seed, frame_size), truth.shape)
+    return {
+        "scenes": num_scenes,
+        "frame_size": frame_size,
+        "translation": score(fake, truth, labels),
+        "baseline": score(baseline, truth, labels),
+    }
+
+
 def evaluate_demo(workdir: str, num_scenes: int = 64, batch_size: int = 16) -> dict[str, Any]:
     """Translates held-out demo scenes with ``workdir``'s newest checkpoint and scores them
     and the mean-day-frame baseline (module docstring)."""
     import jax
-    import jax.numpy as jnp
 
     from cptrans_jax.generator_checkpoint import load_generator
 
@@ -158,22 +183,17 @@ def evaluate_demo(workdir: str, num_scenes: int = 64, batch_size: int = 16) -> d
     config = _demo_config(workdir)
     seed, size = int(config["data"]["seed"]), int(config["data"]["frame_size"])
     generator, params, description = load_generator(workdir)
-    infrared, truth, labels = held_out_scenes(seed, num_scenes, size)
-    apply = jax.jit(lambda p, x: jnp.clip(generator.apply({"params": p}, x), -1.0, 1.0))
-    fake = np.concatenate(
-        [
-            np.asarray(apply(params, infrared[i : i + batch_size]))
-            for i in range(0, num_scenes, batch_size)
-        ]
-    )
-    baseline = np.broadcast_to(mean_day_frame(seed, size), truth.shape)
-    return {
-        "checkpoint": description,
-        "scenes": num_scenes,
-        "frame_size": size,
-        "translation": score(fake, truth, labels),
-        "baseline": score(baseline, truth, labels),
-    }
+    apply = jax.jit(lambda p, x: generator.apply({"params": p}, x))
+
+    def translate(infrared: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.asarray(apply(params, infrared[i : i + batch_size]))
+                for i in range(0, len(infrared), batch_size)
+            ]
+        )
+
+    return {"checkpoint": description, **score_translator(translate, seed, size, num_scenes)}
 
 
 def format_report(result: dict[str, Any]) -> str:
