@@ -5,7 +5,8 @@ Command line::
     python -m cptrans_jax.demo_quality WORKDIR [--scenes 64] [--json OUT]
     python -m cptrans_jax.evaluate --demo WORKDIR [--scenes 64] [--json OUT]   # the same
 
-``WORKDIR`` is a demo training run (``configs/demo.py``); its newest readable checkpoint's G
+``WORKDIR`` is a demo training run (``configs/demo.py``; or one of its
+``checkpoints/<step>``); its newest readable checkpoint's G
 translates frame 0 of ``--scenes`` held-out infrared scenes (example indices from
 ``HELD_OUT`` on, which training never reaches), at the run's frame size and data seed. Each is
 compared with the day rendering of the same layout (:mod:`cptrans_jax.data.demo_truth`, never
@@ -131,7 +132,14 @@ def score(frames: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> dict[str
 
 
 def _demo_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
+    """The run's config.json: in ``workdir``, or above a ``checkpoints/<step>`` given instead."""
+    path = os.path.abspath(workdir)
+    run = path
+    if os.path.basename(os.path.dirname(path)) == "checkpoints":  # <workdir>/checkpoints/<step>
+        run = os.path.dirname(os.path.dirname(path))
+    elif os.path.basename(path) == "checkpoints":
+        run = os.path.dirname(path)
+    path = os.path.join(run, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{workdir} is not a training work directory: it has no config.json")
     try:

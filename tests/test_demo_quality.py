@@ -155,3 +155,18 @@ def test_token_targets_are_patch_fractions():
     grid = t[0].reshape(6, 6, 3)
     assert np.all(grid[:3, 1:, 0] == 1.0) and np.all(grid[3:, 1:, 1] == 1.0)
     assert np.all((grid[:, 0, 2] > 0.3) & (grid[:, 0, 2] < 0.45))  # 4 of 10.7 px
+
+
+def test_demo_config_loads_the_demo_vit_it_was_made_for():
+    import importlib.util
+
+    from cptrans_jax.config import vit_config
+    from cptrans_jax.demo_vit import demo_vit_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py")
+    spec = importlib.util.spec_from_file_location("demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    assert vit_config(c) == demo_vit_config()
+    assert os.path.isfile(c.model.vit_weights) and c.model.vit_weights.endswith("demo_vit.npz")
