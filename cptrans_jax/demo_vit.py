@@ -47,19 +47,19 @@ LAYERS = (1, 3, 5)
 
 
 def demo_vit_config() -> ViTConfig:
-    """The demo's ViT (``configs/demo.py``): 6 blocks of width 64 on a 6×6 grid of 16-px
-    patches of the 64-px frames resized to 96."""
+    """The demo's ViT (``configs/demo.py``): 6 blocks of width 64 on an 8×8 grid of 8-px
+    patches of the 64-px frames (no resize)."""
     return ViTConfig(
-        image_size=96, patch_size=16, width=64, depth=6, num_heads=4, mlp_dim=128, local_window=3
+        image_size=64, patch_size=8, width=64, depth=6, num_heads=4, mlp_dim=128, local_window=3
     )
 
 
 def token_targets(labels: np.ndarray, config: ViTConfig) -> np.ndarray:
     """(n, grid², 3) fraction of each ViT patch covered by background, road and object.
 
-    ``labels`` (n, S, S) are ``demo_truth.LABELS``; they are brought to the ViT's input size by
-    nearest-neighbour resampling (the frames by bilinear, which moves no boundary by more than
-    half an input pixel).
+    ``labels`` (n, S, S) are ``demo_truth.LABELS``; when S is not the ViT's input size they are
+    brought to it by nearest-neighbour resampling (the frames by bilinear, which moves no
+    boundary by more than half an input pixel).
     """
     n, s = labels.shape[0], labels.shape[1]
     size, p, g = config.image_size, config.patch_size, config.grid

@@ -144,17 +144,19 @@ def test_demo_vit_makes_the_structural_loss_see_the_layout():
 
 
 def test_token_targets_are_patch_fractions():
-    from cptrans_jax.demo_vit import demo_vit_config, token_targets
+    from cptrans_jax.demo_vit import token_targets
+    from cptrans_jax.models import ViTConfig
 
     labels = np.zeros((1, 64, 64), np.int64)
     labels[0, 32:] = ROAD
-    labels[0, :, :4] = OBJECT
-    t = token_targets(labels, demo_vit_config())
-    assert t.shape == (1, 36, 3)
-    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
-    grid = t[0].reshape(6, 6, 3)
-    assert np.all(grid[:3, 1:, 0] == 1.0) and np.all(grid[3:, 1:, 1] == 1.0)
-    assert np.all((grid[:, 0, 2] > 0.3) & (grid[:, 0, 2] < 0.45))  # 4 of 10.7 px
+    labels[0, :, :3] = OBJECT
+    for config, g in ((ViTConfig(64, 8, 16, 6, 2, 32), 8), (ViTConfig(96, 16, 16, 6, 2, 32), 6)):
+        t = token_targets(labels, config)  # as is, and resized to 96 (nearest)
+        assert t.shape == (1, g * g, 3)
+        np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+        grid = t[0].reshape(g, g, 3)
+        assert np.all(grid[: g // 2, 1:, 0] == 1.0) and np.all(grid[g // 2 :, 1:, 1] == 1.0)
+        assert np.allclose(grid[:, 0, 2], 3 / (64 / g), atol=0.07)  # 3 px of a column of patches
 
 
 def test_demo_config_loads_the_demo_vit_it_was_made_for():
