@@ -6,9 +6,11 @@ Command line::
         [--kid_degree 3] [--kid_subsets 100] [--kid_subset_size 1000] [--kid_seed 0] \\
         [--batch_size 50] [--cache_dir DIR] [--flicker] [--json OUT]
     python -m cptrans_jax.evaluate --fake DIR [--real DIR] --flicker [--json OUT]
+    python -m cptrans_jax.evaluate --demo WORKDIR [--scenes 64] [--json OUT]
 
 The second form (``--flicker`` without ``--inception``) measures flicker alone: no network, no
-weights file.
+weights file. The third scores a demo training run's layout against the demo's paired truth
+(:mod:`cptrans_jax.demo_quality`, which parses its arguments).
 
 What it computes:
 
@@ -591,6 +593,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--demo" in argv:  # the demo's layout score has its own command; this is an alias
+        from cptrans_jax import demo_quality
+
+        return demo_quality.main([a for a in argv if a != "--demo"])
     args = _parser().parse_args(argv)
     out = None
 

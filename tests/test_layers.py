@@ -132,3 +132,53 @@ def test_im2col_conv_inside_flax_conv_keeps_the_parameters():
     params = plain.init(jax.random.key(0), x)
     assert jax.tree.structure(fast.init(jax.random.key(0), x)) == jax.tree.structure(params)
     np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), atol=1e-5)
+
+
+def _mirror(x):
+    return x[:, :, ::-1]
+
+
+def test_blur_upsample_is_mirror_equivariant():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 6, 10, 2)), jnp.float32)
+    np.testing.assert_allclose(
+        np.asarray(blur_upsample(_mirror(x))), np.asarray(_mirror(blur_upsample(x))), atol=1e-6
+    )
+
+
+def test_blur_downsample_is_left_anchored_like_the_authors():
+    # The cause of the demo's left-edge band (README, "the demo"): the authors' blur-down
+    # (reflect-pad 1, [1,2,1]/4, stride 2) keeps even columns 0, 2, …, so on an even width its
+    # mirror image keeps the odd ones: it is not mirror-equivariant, and must stay so to match
+    # their code (tests/torch_reference.py Downsample computes the same numbers).
+    torch = pytest.importorskip("torch")
+    from torch_reference import Downsample
+
+    x = np.random.default_rng(1).standard_normal((1, 8, 8, 1)).astype(np.float32)
+    ours = np.asarray(blur_downsample(jnp.asarray(_mirror(x))))
+    theirs = Downsample(1)(torch.from_numpy(_mirror(x).transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(ours, theirs.detach().numpy().transpose(0, 2, 3, 1), atol=1e-6)
+    assert np.abs(ours - np.asarray(_mirror(blur_downsample(jnp.asarray(x))))).max() > 0.1
+    # On the mirror image it is the same filter centred on the odd columns, reflected at the
+    # right edge: blur_down(mirror(x)) = mirror(odd-column blur_down(x)).
+    odd = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 0)), mode="reflect")  # x[W] = x[W-2]
+    odd = (odd[:, :, 0:-1:2] + 2 * odd[:, :, 1::2] + odd[:, :, 2::2]) / 4
+    rows = np.pad(odd, ((0, 0), (1, 1), (0, 0), (0, 0)), mode="reflect")
+    rows = (rows[:, 0:-2:2] + 2 * rows[:, 1:-1:2] + rows[:, 2::2]) / 4
+    np.testing.assert_allclose(ours, _mirror(rows), atol=1e-6)
+
+
+def test_resampling_path_weights_the_left_border_more_than_the_right():
+    # G's fixed path (two blur-downs, two blur-ups) moves interior content 1.5 px to the right
+    # and, because only the left border is reflected, gives its first columns gains 1, 1.75,
+    # 1.5 and its last ones 0.75, 0.5, 0.25: a band a trained G cannot undo evenly at both
+    # edges (the demo's left-edge stripes; a property of the authors' architecture).
+    def path(c: int) -> np.ndarray:
+        x = np.zeros((1, 4, 64, 1), np.float32)
+        x[0, :, c] = 1.0
+        y = blur_upsample(blur_upsample(blur_downsample(blur_downsample(jnp.asarray(x)))))
+        return np.asarray(y)[0, 0, :, 0]
+
+    gains = [float(path(c).sum()) for c in (0, 1, 2, 31, 61, 62, 63)]
+    np.testing.assert_allclose(gains, [1.0, 1.75, 1.5, 1.0, 0.75, 0.5, 0.25], atol=1e-5)
+    interior = path(31)
+    assert float((interior * np.arange(64)).sum()) == pytest.approx(32.5, abs=1e-4)

@@ -31,6 +31,8 @@ TINY = {
     "model.vit.patch_size": 8,
     "model.vit.width": 32,
     "model.vit.mlp_dim": 64,
+    # A random ViT of the tiny size: configs/demo.py's pretrained demo_vit.npz has the demo's.
+    "model.vit_weights": "",
     "train.log_every": 1,
     "train.sample_every": 2,
     "train.checkpoint_every": 2,

@@ -86,8 +86,18 @@ def _radius2(
     return np.where(is_box, np.maximum(ax, ay) ** 2, ax * ax + ay * ay)
 
 
-def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length: int) -> np.ndarray:
-    """Infrared examples ``indices``: float32 (len(indices), T, S, S, 3) in [-1, 1], gray."""
+def infrared_layouts(
+    seed: int, indices: np.ndarray, frame_size: int, clip_length: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The layouts of infrared examples ``indices`` and their sensor noise.
+
+    Returns ``(p, noise)``: ``p`` maps a parameter name to an array over the examples — scalars
+    ``bg, grad, road_y, road_h, road_heat`` of shape (n,) and per-object slots ``active, box, x0,
+    cy, rx, ry, v, heat`` of shape (n, _IR_OBJECTS) (pixel units; x at frame t is ``x0 + v·t``)
+    — and ``noise`` is (n, T, S, S). :func:`infrared_clips` renders them; the evaluation-only
+    paired truth (:mod:`cptrans_jax.data.demo_truth`) renders the same layouts by day. The draw
+    order is part of the data set: changing it changes every training stream.
+    """
     S, T, n = frame_size, clip_length, len(indices)
     O = _IR_OBJECTS
     p = {
@@ -138,8 +148,29 @@ def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length:
         p["v"][i] = speed * np.where(rng.random(O) < 0.5, -1.0, 1.0)
         p["heat"][i] = rng.uniform(0.35, 0.95, O)
         noise[i] = rng.standard_normal((T, S, S), dtype=np.float32)
+    return p, noise
 
+
+def object_radius2(
+    p: dict[str, np.ndarray], o: int, frame_size: int, clip_length: int
+) -> np.ndarray:
+    """(n, T, S, S) normalised squared radius of infrared object slot ``o`` (<= 1 inside)."""
+    S = frame_size
     yy, xx = _grid(S)
+    t = np.arange(clip_length, dtype=np.float32)[None, :, None, None]
+
+    def at(key: str) -> np.ndarray:  # (n, O) -> (n, 1, 1, 1)
+        return p[key][:, o, None, None, None]
+
+    cx = at("x0") + at("v") * t
+    return _radius2(xx, yy, cx, at("cy"), at("rx"), at("ry"), at("box") > 0, S)
+
+
+def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length: int) -> np.ndarray:
+    """Infrared examples ``indices``: float32 (len(indices), T, S, S, 3) in [-1, 1], gray."""
+    S, T, n = frame_size, clip_length, len(indices)
+    p, noise = infrared_layouts(seed, indices, S, T)
+    yy, _ = _grid(S)
 
     def col(a: np.ndarray) -> np.ndarray:  # (n,) -> (n, 1, 1, 1)
         return a[:, None, None, None]
@@ -147,17 +178,11 @@ def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length:
     img = col(p["bg"]) + col(p["grad"]) * (yy / S)  # (n, 1, S, 1)
     road = (np.abs(yy - col(p["road_y"])) <= col(p["road_h"])).astype(np.float32)
     img = np.broadcast_to(img + col(p["road_heat"]) * road, (n, T, S, S)).copy()
-    t = np.arange(T, dtype=np.float32)[None, :, None, None]
-    for o in range(O):
-
-        def at(key: str, o: int = o) -> np.ndarray:  # (n, O) -> (n, 1, 1, 1)
-            return col(p[key][:, o])
-
-        cx = at("x0") + at("v") * t
-        r2 = _radius2(xx, yy, cx, at("cy"), at("rx"), at("ry"), at("box") > 0, S)
+    for o in range(_IR_OBJECTS):
+        r2 = object_radius2(p, o, S, T)
         # Heat glows: coverage falls off smoothly around the outline (r ≈ 0.7 .. 1.2).
-        m = np.clip(1.5 - r2, 0.0, 1.0) * at("active")
-        img += m * (at("heat") - img)  # painter's order: later objects occlude earlier ones
+        m = np.clip(1.5 - r2, 0.0, 1.0) * col(p["active"][:, o])
+        img += m * (col(p["heat"][:, o]) - img)  # painter's order: later objects occlude
     img += 0.03 * noise  # sensor noise, independent per frame
     np.clip(img, -1.0, 1.0, out=img)
     return np.repeat(img[..., None], 3, axis=-1)
@@ -165,6 +190,17 @@ def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length:
 
 def visible_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length: int) -> np.ndarray:
     """Visible examples ``indices``: float32 (len(indices), T, S, S, 3) in [-1, 1], RGB."""
+    return _visible(seed, indices, frame_size, clip_length)[0]
+
+
+def _visible(
+    seed: int, indices: np.ndarray, frame_size: int, clip_length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clips, painter's label map (n, T, S, S) int8, horizon (n,)) of visible ``indices``.
+
+    Labels: 0 background (sky above the horizon, verge below), 1.._VIS_TREES trees, then road,
+    lane dash and (body, window) per car.
+    """
     S, T, n = frame_size, clip_length, len(indices)
     C, R = _VIS_CARS, _VIS_TREES
     f32 = np.float32
@@ -258,7 +294,7 @@ def visible_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length: 
     painted = np.take(palette.reshape(-1, 3), flat_index, axis=0)  # take: ~4x fancy indexing
     img = np.where(label[..., None] > 0, painted, background)
     img += 0.02 * noise  # sensor noise, independent per frame and channel
-    return np.clip(img, -1.0, 1.0, out=img)
+    return np.clip(img, -1.0, 1.0, out=img), label, horizon
 
 
 class DemoSource:

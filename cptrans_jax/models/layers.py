@@ -57,7 +57,14 @@ def _blur_down_axis(x: jax.Array, axis: int) -> jax.Array:
 
 
 def blur_downsample(x: jax.Array) -> jax.Array:
-    """Anti-aliased ×2 downsampling: reflect-pad 1, separable [1,2,1]/4 filter, stride 2."""
+    """Anti-aliased ×2 downsampling: reflect-pad 1, separable [1,2,1]/4 filter, stride 2.
+
+    Like the authors' ``Downsample`` it keeps rows and columns 0, 2, 4, …: on even sizes it is
+    anchored at the top and left (only there is the reflection read), so it is not
+    mirror-equivariant, and G's two blur-downs and blur-ups move content 1.5 px right and down
+    and weight the first columns more than the last (``tests/test_layers.py``) — the source of
+    the band a trained G shows at its left edge. Kept so for parity with their code.
+    """
     return _blur_down_axis(_blur_down_axis(x, 1), 2)
 
 

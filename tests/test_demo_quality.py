@@ -1,0 +1,174 @@
+"""The demo's paired truth, its layout score (cptrans_jax/demo_quality) and the demo ViT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cptrans_jax import demo_quality as dq
+from cptrans_jax.data.demo import DemoSource, infrared_clips, visible_clips
+from cptrans_jax.data.demo_truth import LABELS, LANE, OBJECT, ROAD, SKY, paired_truth
+
+S = 32  # small frames: the whole file runs in seconds
+
+
+def _sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def test_training_stream_is_unchanged_by_the_paired_truth():
+    # Hashes of the stream as it was before the truth existed (commit 142d607): rendering the
+    # truth reads the same layouts, and must not change a single training value.
+    src = DemoSource(frame_size=32, clip_length=2, global_batch_size=4, epoch_size=16, seed=5)
+    batches = [src.next_batch() for _ in range(5)]
+    assert _sha(*(b[k] for b in batches for k in ("A", "B"))) == (
+        "dd7fa0af359cc8e032af1471bbe95bb782b687be739cbad501b6900e3574df8e"
+    )
+    idx = np.arange(3)
+    assert _sha(infrared_clips(0, idx, 64, 1)) == (
+        "a7d526f62a64481a7834880738d27ce28753b7251e7bf02f6a098f01d633c9fa"
+    )
+    assert _sha(visible_clips(0, idx, 64, 1)) == (
+        "beed374c72d7360bf0b79afd9b01f6f1354b502852b558385e7ca07236421679"
+    )
+
+
+def test_paired_truth_follows_the_infrared_layout():
+    idx = np.arange(6)
+    ir = infrared_clips(2, idx, S, 2)[..., 0]
+    frames, labels = paired_truth(2, idx, S, 2)
+    assert frames.shape == (6, 2, S, S, 3) and labels.shape == (6, 2, S, S)
+    assert frames.dtype == np.float32 and frames.min() >= -1.0 and frames.max() <= 1.0
+    # The infrared's hottest pixels (object cores) are objects; the road is warmer than the
+    # background off it; the sky is on top.
+    assert np.all(labels[ir > 0.3] == OBJECT)
+    road, off = ir[labels == ROAD].mean(), ir[(labels == SKY)].mean()
+    assert road > off + 0.08
+    assert np.all(labels[:, :, 0] != ROAD)
+    assert set(np.unique(labels)) == set(range(len(LABELS)))
+    # Objects move between frames, as in the infrared.
+    assert np.any(labels[:, 0] != labels[:, 1])
+    again_frames, again = paired_truth(2, idx[3:], S, 2)
+    np.testing.assert_array_equal(again, labels[3:])
+    np.testing.assert_array_equal(again_frames, frames[3:])
+
+
+def test_read_labels_reads_every_prototype_as_its_class():
+    colours = np.array([c for c, _ in dq.PROTOTYPES], np.float32)[None] * 2 - 1
+    np.testing.assert_array_equal(dq.read_labels(colours)[0], [k for _, k in dq.PROTOTYPES])
+    with pytest.raises(ValueError, match="RGB"):
+        dq.read_labels(np.zeros((4, 4, 2)))
+
+
+def test_truth_scores_one_and_a_shifted_layout_scores_lower():
+    _, truth, labels = dq.held_out_scenes(0, 8, S)
+    exact = dq.score(truth, truth, labels)
+    assert exact["miou"] == 1.0 and exact["l1"] == 0.0 and exact["psnr"] > 100
+    assert all(v == 1.0 for v in exact["iou"].values())
+    down2 = dq.score(np.roll(truth, 2, axis=1), truth, labels)
+    down6 = dq.score(np.roll(truth, 6, axis=1), truth, labels)
+    assert 1.0 > down2["miou"] > down6["miou"]
+    assert down2["l1"] < down6["l1"] and down2["psnr"] > down6["psnr"]
+
+
+def test_a_constant_translation_scores_the_baseline():
+    mean = dq.mean_day_frame(0, S)
+    result = dq.score_translator(lambda x: np.broadcast_to(mean, x.shape), 0, S, 8)
+    t, b = result["translation"], result["baseline"]
+    assert t["miou"] == pytest.approx(b["miou"]) and t["l1"] == pytest.approx(b["l1"], rel=1e-3)
+    # The baseline knows the day domain's average layout, not this scene's: no objects, a far
+    # from perfect road, but the sky (whose horizon the infrared does not show) mostly right.
+    assert b["iou"]["object"] < 0.05 and b["iou"]["road"] < 0.6 and b["iou"]["sky"] > 0.7
+    assert 0.25 < b["miou"] < 0.5
+    assert "lane mark" in dq.format_report({"checkpoint": "x", **result})
+
+
+def test_layout_iou_pools_pixels_and_skips_absent_classes():
+    truth = np.array([[SKY, SKY, ROAD, ROAD]])
+    pred = np.array([[SKY, ROAD, ROAD, LANE]])
+    miou, per_class = dq.layout_iou(pred, truth)
+    assert per_class["sky"] == 0.5 and per_class["road"] == pytest.approx(1 / 3)
+    assert per_class["lane mark"] == 0.0 and per_class["object"] is None
+    assert miou == pytest.approx((0.5 + 1 / 3 + 0.0) / 3)
+    with pytest.raises(ValueError, match="shape"):
+        dq.layout_iou(pred, truth[:, :2])
+
+
+def _workdir(tmp_path, name="demo") -> str:
+    os.makedirs(tmp_path / "checkpoints")
+    data = {"name": name, "seed": 0, "frame_size": S}
+    (tmp_path / "config.json").write_text(json.dumps({"data": data}))
+    return str(tmp_path)
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
+    from cptrans_jax import evaluate
+
+    assert dq.main([str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert evaluate.main(["--demo", _workdir(tmp_path)]) == 2  # the alias
+    assert "no finished checkpoint" in capsys.readouterr().err
+    other = tmp_path / "irvi"
+    other.mkdir()
+    assert dq.main([_workdir(other, "irvi")]) == 2
+    assert "not the demo" in capsys.readouterr().err
+    assert dq.main([str(tmp_path), "--scenes", "0"]) == 2
+    assert "--scenes must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_vit_makes_the_structural_loss_see_the_layout():
+    # The cause of the demo's input-independent output, and its fix: under the trainer's
+    # random ViT, L_cs scores the paired truth worse than the constant mean day frame; under
+    # the committed demo ViT (python -m cptrans_jax.demo_vit --out configs/demo_vit.npz) the
+    # truth is best, then the mean frame, then another scene's layout.
+    import jax
+
+    from cptrans_jax.convert import init_vit_params, load_vit_params
+    from cptrans_jax.demo_vit import cs_check, demo_vit_config
+
+    config = demo_vit_config()
+    random = cs_check(init_vit_params(config, jax.random.key(1)), config, scenes=4)
+    assert random["truth"] > random["mean day frame"]
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "demo_vit.npz")
+    trained = cs_check(load_vit_params(path, config), config, scenes=4)
+    assert trained["truth"] < 0.7 * trained["mean day frame"]
+    assert trained["mean day frame"] < trained["another scene's truth"]
+    assert trained["truth"] < 0.5 * trained["truth shifted 8 px"]
+
+
+def test_token_targets_are_patch_fractions():
+    from cptrans_jax.demo_vit import token_targets
+    from cptrans_jax.models import ViTConfig
+
+    labels = np.zeros((1, 64, 64), np.int64)
+    labels[0, 32:] = ROAD
+    labels[0, :, :3] = OBJECT
+    for config, g in ((ViTConfig(64, 8, 16, 6, 2, 32), 8), (ViTConfig(96, 16, 16, 6, 2, 32), 6)):
+        t = token_targets(labels, config)  # as is, and resized to 96 (nearest)
+        assert t.shape == (1, g * g, 3)
+        np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+        grid = t[0].reshape(g, g, 3)
+        assert np.all(grid[: g // 2, 1:, 0] == 1.0) and np.all(grid[g // 2 :, 1:, 1] == 1.0)
+        assert np.allclose(grid[:, 0, 2], 3 / (64 / g), atol=0.07)  # 3 px of a column of patches
+
+
+def test_demo_config_loads_the_demo_vit_it_was_made_for():
+    import importlib.util
+
+    from cptrans_jax.config import vit_config
+    from cptrans_jax.demo_vit import demo_vit_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py")
+    spec = importlib.util.spec_from_file_location("demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    assert vit_config(c) == demo_vit_config()
+    assert os.path.isfile(c.model.vit_weights) and c.model.vit_weights.endswith("demo_vit.npz")
