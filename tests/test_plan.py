@@ -105,7 +105,7 @@ def test_search_bisects_after_an_out_of_memory_compile_and_handles_the_edges():
 
 HLO = """\
 HloModule jit_iteration, is_scheduled=true
-  %all-reduce-start = (f32[64,3,3,3]{3,2,1,0:T(8,128)}, f32[768]{0}) all-reduce-start(%a, %b), to_apply=%add
+  %all-reduce-start = (f32[64,3,3,3]{3,2,1,0:T(8,128)}, f32[768]{0}) all-reduce-start(%a, %b)
   %all-reduce-done = (f32[64,3,3,3]{3,2,1,0}, f32[768]{0}) all-reduce-done(%all-reduce-start)
   %ar.2 = bf16[10]{0} all-reduce(bf16[10]{0} %c), replica_groups={{0,1,2,3}}, to_apply=%add
   %all-gather = f32[4,16]{1,0} all-gather(f32[1,16]{1,0} %d), dimensions={0}
