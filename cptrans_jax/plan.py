@@ -60,6 +60,9 @@ def main(argv: list[str]) -> None:
     # The plan compiles for TPU without one: JAX's own backend stays the CPU, so that it does
     # not look for a TPU to attach (libtpu is loaded for the topology alone).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # libtpu locks /tmp/libtpu_lockfile for the process that drives the TPU; a plan drives none,
+    # and the lock would only stop a second plan from running beside this one.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     import jax
 
     from cptrans_jax import tpu_plan

@@ -17,6 +17,9 @@ import pytest
 from cptrans_jax import tpu_plan
 from cptrans_jax.tpu_plan import GiB, PlanError
 
+# As the plan command does: no TPU is driven, so libtpu's one-process lock is not needed (it
+# would refuse the topology while another plan or test process holds it).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 ROOT = os.path.dirname(os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import demo  # noqa: E402
