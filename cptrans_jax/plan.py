@@ -8,9 +8,9 @@ translate's frames/s per chip (:mod:`cptrans_jax.tpu_plan`). Needs libtpu
 (``pip install -e '.[tpu-aot]'``), no TPU, no data set and no ViT weights.
 
 ``--config`` and ``--config.<field>=<value>`` are ``train``'s; the global batch is
-``--batch_per_chip`` × the topology's chips. Compiles are kept in JAX's persistent compilation
-cache (``--cache_dir``), so a repeated plan is fast. Errors are one ``error: …`` line, exit
-status 2.
+``--batch_per_chip`` × the topology's chips. The figures of each compile are kept in
+``--cache_dir`` (keyed by the lowered program), so a repeated plan is fast. Errors are one
+``error: …`` line, exit status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cptrans_jax import cli
@@ -40,8 +40,8 @@ _TRANSLATE_BATCH = flags.DEFINE_integer(
 )
 _CACHE = flags.DEFINE_string(
     "cache_dir",
-    os.path.join(os.path.expanduser("~"), ".cache", "cptrans_jax", "xla"),
-    "JAX's persistent compilation cache (a repeated plan reuses its compiles); '' = none.",
+    os.path.join(os.path.expanduser("~"), ".cache", "cptrans_jax", "plan"),
+    "Where the figures of each compile are kept, so a repeated plan is quick; '' = none.",
 )
 
 _USAGE = (
@@ -57,19 +57,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # The plan compiles for TPU without one: JAX's own backend stays the CPU, so that it does
-    # not look for a TPU to attach (libtpu is loaded for the topology alone).
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # libtpu locks /tmp/libtpu_lockfile for the process that drives the TPU; a plan drives none,
     # and the lock would only stop a second plan from running beside this one.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    import jax
-
+    # JAX logs at INFO that it found no TPU to attach (the compile looks for one to
+    # cross-compile with): not news here.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     from cptrans_jax import tpu_plan
 
-    if _CACHE.value:
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     c = _CONFIG.value
     try:
         _, devices = tpu_plan.topology_devices(_TOPOLOGY.value)
@@ -83,6 +79,7 @@ def main(argv: list[str]) -> None:
             batch_per_chip=batch,
             find_largest=_LARGEST.value,
             translate_batch=_TRANSLATE_BATCH.value,
+            cache_dir=_CACHE.value or None,
             say=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except (tpu_plan.PlanError, ValueError) as e:

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import importlib.metadata
+import json
 import math
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -159,6 +164,7 @@ class Program:
     code_bytes: int
     collectives: tuple[Collective, ...]
     compile_seconds: float
+    cached: bool = False  # figures read from the plan cache (the compile it times was earlier)
 
     @property
     def hbm_bytes(self) -> int:
@@ -313,7 +319,10 @@ def plan_config(c: ml_collections.ConfigDict, global_batch: int) -> ml_collectio
 
 
 def compile_iteration(
-    c: ml_collections.ConfigDict, devices: Sequence[jax.Device], batch_per_chip: int
+    c: ml_collections.ConfigDict,
+    devices: Sequence[jax.Device],
+    batch_per_chip: int,
+    cache_dir: str | None = None,
 ) -> Program:
     """The trainer's jitted iteration for ``c`` on a ``data`` mesh over ``devices``, lowered on
     shapes (state, batch of ``batch_per_chip`` per chip, ViT params, key) and compiled."""
@@ -328,13 +337,11 @@ def compile_iteration(
     size = c.data.frame_size
     clip = (c.data.global_batch_size, trainer.clip_length(c), size, size, 3)
     batch = {k: jax.ShapeDtypeStruct(clip, jnp.float32) for k in ("A", "B")}
-    began = time.monotonic()
-    compiled = programs.iteration.lower(state, batch, vit, key).compile()
-    return analyse(compiled, time.monotonic() - began)
+    return compile_figures(programs.iteration.lower(state, batch, vit, key), devices, cache_dir)
 
 
 def compile_translate(
-    c: ml_collections.ConfigDict, device: jax.Device, batch: int
+    c: ml_collections.ConfigDict, device: jax.Device, batch: int, cache_dir: str | None = None
 ) -> tuple[Program, int]:
     """``translate``'s jitted inference (uint8 frames in and out) of ``c``'s G on one chip at
     ``batch`` frames of ``frame_size``², compiled; also G's parameter count."""
@@ -353,11 +360,56 @@ def compile_translate(
     frames = jnp.zeros((1, size, size, 3), jnp.float32)
     params = _abstract(jax.eval_shape(generator.init, jax.random.key(0), frames)["params"])
     infer = make_infer_fn(generator, mesh)
-    began = time.monotonic()
-    compiled = infer.lower(params, jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
-    compiled = compiled.compile()
+    lowered = infer.lower(params, jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
     count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-    return analyse(compiled, time.monotonic() - began), count
+    return compile_figures(lowered, [device], cache_dir), count
+
+
+def _versions() -> str:
+    try:
+        libtpu = importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        libtpu = "none"
+    return f"jax {jax.__version__}, libtpu {libtpu}"
+
+
+def compile_figures(lowered: Any, devices: Sequence[jax.Device], cache_dir: str | None) -> Program:
+    """Compiles ``lowered`` and analyses it, or reads the figures of the same program compiled
+    for the same devices earlier from ``cache_dir``.
+
+    Our own cache, of figures rather than executables: JAX's persistent compilation cache
+    writes entries for a compile-only TPU topology but cannot load them back (jax 0.10.2,
+    libtpu 0.0.42.1: "PjRtCompiler must be constructed with a Client"), so a repeated plan would
+    compile again. The key is the lowered program's text (shardings included), the devices'
+    kind and coordinates, and the jax and libtpu versions.
+    """
+    where = [(d.device_kind, tuple(getattr(d, "coords", ())), d.id) for d in devices]
+    text = "\n".join((lowered.as_text(), repr(where), _versions()))
+    path = None
+    if cache_dir:
+        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        path = os.path.join(cache_dir, f"plan-{key}.json")
+        try:
+            with open(path) as f:
+                entry = json.load(f)
+            entry["collectives"] = tuple(Collective(**k) for k in entry["collectives"])
+            return dataclasses.replace(Program(**entry), cached=True)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable or older entry: compile again and replace it
+    began = time.monotonic()
+    program = analyse(lowered.compile(), time.monotonic() - began)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        entry = dataclasses.asdict(program)
+        entry.pop("cached")
+        # Written whole or not at all: a plan interrupted mid-write leaves no half entry.
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(entry, f)
+        os.replace(tmp, path)
+    return program
 
 
 def is_out_of_memory(e: Exception) -> bool:
@@ -404,6 +456,7 @@ def make_plan(
     batch_per_chip: int = 1,
     find_largest: bool = True,
     translate_batch: int = 8,
+    cache_dir: str | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> Plan:
     """Compiles ``c``'s iteration for ``topology`` at ``batch_per_chip`` (and, with
@@ -419,14 +472,14 @@ def make_plan(
         if b not in programs:
             say(f"compiling the training iteration at batch {b}/chip × {n} chips …")
             try:
-                programs[b] = compile_iteration(c, devices, b)
+                programs[b] = compile_iteration(c, devices, b, cache_dir)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
                 say(f"  batch {b}/chip: out of memory in XLA:TPU's compile")
                 return math.inf
             p = programs[b]
-            say(f"  compiled in {p.compile_seconds:.0f} s: {p.hbm_bytes / GiB:.2f} GiB/chip")
+            say(f"  {_compiled(p)}: {p.hbm_bytes / GiB:.2f} GiB/chip")
         return programs[b].hbm_bytes
 
     if not math.isfinite(step_at(batch_per_chip)):
@@ -442,9 +495,9 @@ def make_plan(
     translate = translate_roofline = None
     if translate_batch:
         say(f"compiling translate's G forward at batch {translate_batch} on one chip …")
-        translate, _ = compile_translate(c, devices[0], translate_batch)
+        translate, _ = compile_translate(c, devices[0], translate_batch, cache_dir)
         translate_roofline = roofline(translate, peak, chip)
-        say(f"  compiled in {translate.compile_seconds:.0f} s")
+        say(f"  {_compiled(translate)}")
     return Plan(
         topology=topology,
         chip=chip,
@@ -464,6 +517,12 @@ def make_plan(
     )
 
 
+def _compiled(p: Program) -> str:
+    return f"compiled in {p.compile_seconds:.0f} s" + (
+        " (figures from the cache)" if p.cached else ""
+    )
+
+
 def _si(x: float, unit: str) -> str:
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= factor:
@@ -472,7 +531,7 @@ def _si(x: float, unit: str) -> str:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e3:.3g} ms"
 
 
 def report(plan: Plan) -> list[str]:
@@ -501,7 +560,7 @@ def report(plan: Plan) -> list[str]:
     if p.xla_seconds is not None:
         lines.append(f"  XLA's own estimate {_ms(p.xla_seconds)}")
     lines.append(
-        f"  compiled in  {p.compile_seconds:.0f} s; G + D: {plan.param_count / 1e6:.2f} M "
+        f"  {_compiled(p)}; G + D: {plan.param_count / 1e6:.2f} M "
         f"parameters ({plan.param_count * 4 / 2**20:.1f} MiB of float32 gradients)"
     )
     if p.collectives:
@@ -534,6 +593,6 @@ def report(plan: Plan) -> list[str]:
             f"translate (G forward, batch {plan.translate_batch} on one chip): "
             f"{t.hbm_bytes / GiB:.2f} GiB, {_si(t.flops, 'FLOP')}, roofline ≥ "
             f"{_ms(tr.seconds)} per batch → ≤ {plan.translate_batch / tr.seconds:.0f} "
-            f"frames/s per chip (compiled in {t.compile_seconds:.0f} s)"
+            f"frames/s per chip ({_compiled(t)})"
         )
     return lines

@@ -6,10 +6,12 @@ need libtpu and minutes of CPU: they are marked ``tpu_aot`` and run as their own
 virtualenv with ``.[tpu-aot]``; without libtpu they skip locally but fail on CI (``CI`` set).
 """
 
+import dataclasses
 import math
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import pytest
@@ -33,6 +35,9 @@ TINY = {
     "model.vit.patch_size": 8,
     "model.vit.width": 32,
     "model.vit.mlp_dim": 64,
+    # bfloat16 compute: XLA:TPU compiles float32 products at precision highest as 6 bfloat16
+    # passes, which made the tiny iteration's compile several times longer (>10 min of CPU).
+    "train.compute_dtype": "bfloat16",
 }
 
 
@@ -161,10 +166,68 @@ def test_roofline_and_memory_on_hand_made_numbers():
 
 
 def test_peak_follows_the_precision_policy():
-    chip, c = tpu_plan.CHIPS["v5e"], tiny_config()
+    chip, c = tpu_plan.CHIPS["v5e"], demo.get_config()
     assert tpu_plan.mxu_peak(chip, c)[0] == pytest.approx(197e12 / 6)  # float32, highest
+    c.train.matmul_precision = "default"
+    assert tpu_plan.mxu_peak(chip, c)[0] == 197e12
+    c.train.matmul_precision = "highest"
     c.train.compute_dtype = "bfloat16"
     assert tpu_plan.mxu_peak(chip, c)[0] == 197e12
+
+
+class _FakeCompiled:
+    def cost_analysis(self):
+        return {"flops": 2e9, "bytes accessed": 3e6, "optimal_seconds": -5.0}
+
+    def memory_analysis(self):
+        return types.SimpleNamespace(
+            argument_size_in_bytes=100,
+            output_size_in_bytes=80,
+            alias_size_in_bytes=60,
+            temp_size_in_bytes=50,
+            generated_code_size_in_bytes=10,
+        )
+
+    def as_text(self):
+        return HLO
+
+
+class _FakeLowered:
+    def __init__(self, text):
+        self.text, self.compiles = text, 0
+
+    def as_text(self):
+        return self.text
+
+    def compile(self):
+        self.compiles += 1
+        return _FakeCompiled()
+
+
+def test_compile_figures_are_cached_by_program_and_devices(tmp_path):
+    chips = [
+        types.SimpleNamespace(device_kind="TPU v5 lite", coords=(i, 0, 0), id=i) for i in (0, 1)
+    ]
+    lowered = _FakeLowered("module @jit_run {}")
+    first = tpu_plan.compile_figures(lowered, chips, str(tmp_path))
+    assert lowered.compiles == 1 and not first.cached
+    assert first.flops == 2e9 and first.xla_seconds is None  # a negative estimate is dropped
+    assert first.hbm_bytes == 100 + 20 + 50 + 10
+    again = tpu_plan.compile_figures(lowered, chips, str(tmp_path))
+    assert lowered.compiles == 1 and again.cached
+    assert dataclasses.replace(again, cached=False) == first
+    # Another program, or the same one for other devices, compiles.
+    tpu_plan.compile_figures(lowered, chips[:1], str(tmp_path))
+    other = _FakeLowered("module @jit_run {} // changed")
+    tpu_plan.compile_figures(other, chips, str(tmp_path))
+    assert lowered.compiles == 2 and other.compiles == 1
+    # A damaged entry is compiled again and replaced; no cache dir: always compiled.
+    for entry in tmp_path.glob("plan-*.json"):
+        entry.write_text("{not json")
+    assert not tpu_plan.compile_figures(lowered, chips, str(tmp_path)).cached
+    assert tpu_plan.compile_figures(lowered, chips, str(tmp_path)).cached
+    tpu_plan.compile_figures(lowered, chips, None)
+    assert lowered.compiles == 4
 
 
 def test_bad_topology_names_and_missing_libtpu_are_one_line_errors(monkeypatch):
@@ -260,7 +323,7 @@ def test_tiny_iteration_compiles_for_v5e_2x2_with_sane_numbers(tiny_step):
 @pytest.mark.tpu_aot
 def test_plan_reports_the_roofline_and_translate(v5e_2x2, tiny_step, monkeypatch):
     # The compile of the fixture is reused (no second full compile of the step).
-    monkeypatch.setattr(tpu_plan, "compile_iteration", lambda c, devices, b: tiny_step)
+    monkeypatch.setattr(tpu_plan, "compile_iteration", lambda c, devices, b, cache: tiny_step)
     plan = tpu_plan.make_plan(tiny_config(), "v5e:2x2", find_largest=False, translate_batch=2)
     assert plan.chips == 4 and plan.step is tiny_step
     assert plan.step_roofline.seconds > 0 and plan.translate.flops > 0
