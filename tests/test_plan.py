@@ -16,8 +16,9 @@ import types
 import jax
 import pytest
 
-from cptrans_jax import tpu_plan
-from cptrans_jax.tpu_plan import GiB, PlanError
+from cptrans_jax import aot_figures, tpu_plan
+from cptrans_jax.aot_figures import GiB
+from cptrans_jax.tpu_plan import PlanError
 
 # As the plan command does: no TPU is driven, so libtpu's one-process lock is not needed (it
 # would refuse the topology while another plan or test process holds it).
@@ -56,15 +57,15 @@ def tiny_config(arg=None):
 
 
 def test_affine_fit_and_largest_batch_on_hand_made_numbers():
-    intercept, slope = tpu_plan.affine_fit((1, 3.5 * GiB), (2, 5.0 * GiB))
+    intercept, slope = aot_figures.affine_fit((1, 3.5 * GiB), (2, 5.0 * GiB))
     assert intercept == pytest.approx(2.0 * GiB) and slope == pytest.approx(1.5 * GiB)
-    assert tpu_plan.largest_batch(intercept, slope, 16 * GiB) == 9  # 2 + 1.5·9 = 15.5 ≤ 16
-    assert tpu_plan.largest_batch(intercept, slope, 15.5 * GiB) == 9  # exactly full fits
-    assert tpu_plan.largest_batch(intercept, slope, 3.0 * GiB) == 0
+    assert aot_figures.largest_batch(intercept, slope, 16 * GiB) == 9  # 2 + 1.5·9 = 15.5 ≤ 16
+    assert aot_figures.largest_batch(intercept, slope, 15.5 * GiB) == 9  # exactly full fits
+    assert aot_figures.largest_batch(intercept, slope, 3.0 * GiB) == 0
     with pytest.raises(ValueError, match="does not grow"):
-        tpu_plan.largest_batch(1.0, 0.0, 2.0)
+        aot_figures.largest_batch(1.0, 0.0, 2.0)
     with pytest.raises(ValueError, match="two different"):
-        tpu_plan.affine_fit((2, 1.0), (2, 3.0))
+        aot_figures.affine_fit((2, 1.0), (2, 3.0))
 
 
 def _recorder(memory):
@@ -79,7 +80,7 @@ def _recorder(memory):
 
 def test_search_compiles_two_batches_extrapolates_and_confirms_once():
     calls, measure = _recorder(lambda b: (2.0 + 1.5 * b) * GiB)
-    found = tpu_plan.search_largest_batch(measure, 16 * GiB)
+    found = aot_figures.search_largest_batch(measure, 16 * GiB)
     assert found.batch == 9 and calls == [1, 2, 9]
     assert found.tried[-1] == (9, 15.5 * GiB)
 
@@ -91,23 +92,23 @@ def test_search_refits_when_memory_grows_faster_than_the_line():
         return (2.0 + 1.5 * b + (3.0 if b > 4 else 0.0)) * GiB
 
     calls, measure = _recorder(memory)
-    found = tpu_plan.search_largest_batch(measure, 16 * GiB)
+    found = aot_figures.search_largest_batch(measure, 16 * GiB)
     assert calls == [1, 2, 9, 7] and found.batch == 7
     assert memory(8) > 16 * GiB  # 7 is indeed the largest
 
 
 def test_search_bisects_after_an_out_of_memory_compile_and_handles_the_edges():
     calls, measure = _recorder(lambda b: math.inf if b > 5 else (2.0 + 1.5 * b) * GiB)
-    found = tpu_plan.search_largest_batch(measure, 16 * GiB)
+    found = aot_figures.search_largest_batch(measure, 16 * GiB)
     assert calls == [1, 2, 9, 5] and found.batch == 5
     # Batch 1 does not fit: 0, one compile. Batch 2 does not: 1, two compiles.
     calls, measure = _recorder(lambda b: 20 * GiB)
-    assert tpu_plan.search_largest_batch(measure, 16 * GiB).batch == 0 and calls == [1]
+    assert aot_figures.search_largest_batch(measure, 16 * GiB).batch == 0 and calls == [1]
     calls, measure = _recorder(lambda b: (10.0 + 5.0 * b) * GiB)
-    assert tpu_plan.search_largest_batch(measure, 16 * GiB).batch == 1 and calls == [1, 2]
+    assert aot_figures.search_largest_batch(measure, 16 * GiB).batch == 1 and calls == [1, 2]
     # Starting from the user's batch 4 (global batch already chosen).
     calls, measure = _recorder(lambda b: (2.0 + 1.5 * b) * GiB)
-    assert tpu_plan.search_largest_batch(measure, 16 * GiB, first=4).batch == 9
+    assert aot_figures.search_largest_batch(measure, 16 * GiB, first=4).batch == 9
     assert calls == [4, 5, 9]
 
 
@@ -123,13 +124,13 @@ HloModule jit_iteration, is_scheduled=true
 
 
 def test_collectives_are_counted_once_per_op_with_their_result_bytes():
-    found = {k.kind: (k.count, k.bytes) for k in tpu_plan.collectives(HLO)}
+    found = {k.kind: (k.count, k.bytes) for k in aot_figures.collectives(HLO)}
     assert found == {
         "all-reduce": (2, (64 * 27 + 768) * 4 + 10 * 2),
         "all-gather": (1, 64 * 4),
         "collective-permute": (1, 2 * 2 * 4),
     }
-    assert tpu_plan.shape_bytes("(pred[3], u8[2,2], f64[])") == 3 + 4 + 8
+    assert aot_figures.shape_bytes("(pred[3], u8[2,2], f64[])") == 3 + 4 + 8
 
 
 def _program(**fields):
@@ -145,28 +146,31 @@ def _program(**fields):
         collectives=(),
         compile_seconds=0.0,
     )
-    return tpu_plan.Program(**{**base, **fields})
+    return aot_figures.Program(**{**base, **fields})
 
 
 def test_roofline_and_memory_on_hand_made_numbers():
-    chip = tpu_plan.CHIPS["v5e"]
+    chip = aot_figures.CHIPS["v5e"]
     p = _program(flops=1.97e12, bytes_accessed=8.19e9)  # 10 ms at peak, 10 ms of HBM
-    r = tpu_plan.roofline(p, chip.bf16_flops, chip)
+    r = aot_figures.roofline(p, chip.bf16_flops, chip)
     assert r.compute_s == pytest.approx(0.010) and r.memory_s == pytest.approx(0.010)
-    r = tpu_plan.roofline(_program(flops=1.97e12, bytes_accessed=1e9), chip.bf16_flops, chip)
+    r = aot_figures.roofline(_program(flops=1.97e12, bytes_accessed=1e9), chip.bf16_flops, chip)
     assert r.seconds == pytest.approx(0.010)  # compute bound
     # Donated outputs are the arguments' buffers: counted once.
     p = _program(argument_bytes=10, output_bytes=8, alias_bytes=6, temp_bytes=5, code_bytes=1)
     assert p.hbm_bytes == 10 + 2 + 5 + 1
     # 100 MiB all-reduced over 4 v5e chips: 2·3/4·100 MiB out at 200 GB/s.
-    ar = tpu_plan.Collective("all-reduce", 1, 100 * 2**20)
-    seconds = tpu_plan.all_reduce_seconds(_program(collectives=(ar,)), 4, chip)
+    ar = aot_figures.Collective("all-reduce", 1, 100 * 2**20)
+    seconds = aot_figures.all_reduce_seconds(_program(collectives=(ar,)), 4, chip)
     assert seconds == pytest.approx(1.5 * 100 * 2**20 / 200e9)
-    assert tpu_plan.all_reduce_seconds(_program(collectives=(ar,)), 4, tpu_plan.CHIPS["v4"]) is None
+    assert (
+        aot_figures.all_reduce_seconds(_program(collectives=(ar,)), 4, aot_figures.CHIPS["v4"])
+        is None
+    )
 
 
 def test_peak_follows_the_precision_policy():
-    chip, c = tpu_plan.CHIPS["v5e"], demo.get_config()
+    chip, c = aot_figures.CHIPS["v5e"], demo.get_config()
     assert tpu_plan.mxu_peak(chip, c)[0] == pytest.approx(197e12 / 6)  # float32, highest
     c.train.matmul_precision = "default"
     assert tpu_plan.mxu_peak(chip, c)[0] == 197e12
@@ -209,24 +213,24 @@ def test_compile_figures_are_cached_by_program_and_devices(tmp_path):
         types.SimpleNamespace(device_kind="TPU v5 lite", coords=(i, 0, 0), id=i) for i in (0, 1)
     ]
     lowered = _FakeLowered("module @jit_run {}")
-    first = tpu_plan.compile_figures(lowered, chips, str(tmp_path))
+    first = aot_figures.compile_figures(lowered, chips, str(tmp_path))
     assert lowered.compiles == 1 and not first.cached
     assert first.flops == 2e9 and first.xla_seconds is None  # a negative estimate is dropped
     assert first.hbm_bytes == 100 + 20 + 50 + 10
-    again = tpu_plan.compile_figures(lowered, chips, str(tmp_path))
+    again = aot_figures.compile_figures(lowered, chips, str(tmp_path))
     assert lowered.compiles == 1 and again.cached
     assert dataclasses.replace(again, cached=False) == first
     # Another program, or the same one for other devices, compiles.
-    tpu_plan.compile_figures(lowered, chips[:1], str(tmp_path))
+    aot_figures.compile_figures(lowered, chips[:1], str(tmp_path))
     other = _FakeLowered("module @jit_run {} // changed")
-    tpu_plan.compile_figures(other, chips, str(tmp_path))
+    aot_figures.compile_figures(other, chips, str(tmp_path))
     assert lowered.compiles == 2 and other.compiles == 1
     # A damaged entry is compiled again and replaced; no cache dir: always compiled.
     for entry in tmp_path.glob("plan-*.json"):
         entry.write_text("{not json")
-    assert not tpu_plan.compile_figures(lowered, chips, str(tmp_path)).cached
-    assert tpu_plan.compile_figures(lowered, chips, str(tmp_path)).cached
-    tpu_plan.compile_figures(lowered, chips, None)
+    assert not aot_figures.compile_figures(lowered, chips, str(tmp_path)).cached
+    assert aot_figures.compile_figures(lowered, chips, str(tmp_path)).cached
+    aot_figures.compile_figures(lowered, chips, None)
     assert lowered.compiles == 4
 
 
