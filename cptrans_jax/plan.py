@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cptrans_jax import cli
+from cptrans_jax import config_cli as cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/irvi.py:scene=traffic.", lock_config=True
