@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from cptrans_jax import video_io
+from cptrans_jax.cli import run_command
 from cptrans_jax.detection import labels as labels_lib
 from cptrans_jax.detection.average_precision import DEFINITION, average_precision
 from cptrans_jax.detection.yolo import LAYOUTS, DetectError, Detections, YoloDetector
@@ -341,7 +342,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = None
-    try:
+
+    def body() -> None:
+        nonlocal out
         _check_numbers(args)
         if args.json:
             from cptrans_jax.evaluate import OutputFile  # the project's atomic file
@@ -383,19 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(result), flush=True)
         if out is not None:
             out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted" + (f"; {args.json} not written" if args.json else ""),
-            file=sys.stderr,
-        )
-        return 130
+
+    try:
+        return run_command(body, not_written=f"{args.json} not written" if args.json else "")
     finally:
         if out is not None:
             out.discard()  # a no-op after a successful write
-    return 0
 
 
 if __name__ == "__main__":

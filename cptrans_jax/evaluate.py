@@ -76,6 +76,7 @@ import jax
 import numpy as np
 
 from cptrans_jax import eval_stats
+from cptrans_jax.cli import run_command
 from cptrans_jax.eval_images import (  # noqa: F401 (IMAGE_EXTENSIONS: re-exported)
     IMAGE_EXTENSIONS,
     EvalInputError,
@@ -592,7 +593,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = None
-    try:
+
+    def body() -> None:
+        # EvalInputError, CheckpointMismatchError, an unreadable weights or output file are
+        # ValueError or OSError: the user's to fix, so run_command prints a message for them.
+        nonlocal out
         if args.inception is None:
             if not args.flicker:
                 raise EvalInputError(
@@ -621,19 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(result), flush=True)
         if out is not None:
             out.write(json.dumps(result, indent=2) + "\n")
-    except (ValueError, OSError) as e:
-        # EvalInputError, CheckpointMismatchError, an unreadable weights or output file: the
-        # user's to fix, so a message rather than a traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted" + (f"; {args.json} not written" if args.json else ""),
-              file=sys.stderr)  # fmt: skip
-        return 130
+
+    try:
+        return run_command(body, not_written=f"{args.json} not written" if args.json else "")
     finally:
         if out is not None:
             out.discard()  # a no-op after a successful write
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import itertools
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +48,7 @@ import jax
 import numpy as np
 
 from cptrans_jax import frame_io, video_io
+from cptrans_jax.cli import run_command
 from cptrans_jax.frame_output import FrameOutput
 from cptrans_jax.fusion import DEFAULT_LEVELS, METHODS, FusionConfig, make_fuse_fn
 from cptrans_jax.metrics import _format_duration
@@ -251,40 +251,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _TerminatedError(BaseException):
-    """SIGTERM in the main thread, so that the temporary output is removed."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _TerminatedError()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        config = FusionConfig(args.method, args.ir_weight, args.levels)
+
+    def body() -> None:
         fuse(
             args.infrared,
             args.visible,
             args.output,
-            config=config,
+            config=FusionConfig(args.method, args.ir_weight, args.levels),
             size=args.size,
             batch_size=args.batch_size,
             fps=args.fps,
         )
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; nothing written to {args.output}", file=sys.stderr)
-        return 130
-    except _TerminatedError:
-        print(f"error: terminated; nothing written to {args.output}", file=sys.stderr)
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 0
+
+    return run_command(body, not_written=f"nothing written to {args.output}", catch_sigterm=True)
 
 
 if __name__ == "__main__":

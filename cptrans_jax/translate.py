@@ -77,7 +77,6 @@ import argparse
 import dataclasses
 import functools
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -88,6 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cptrans_jax import frame_io, precision, video_io
+from cptrans_jax.cli import run_command
 from cptrans_jax.frame_output import FrameOutput, OutputError
 from cptrans_jax.fusion import DEFAULT_LEVELS, METHODS
 from cptrans_jax.generator_checkpoint import GeneratorCheckpointError, load_generator
@@ -431,19 +431,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _TerminatedError(BaseException):
-    """SIGTERM, raised in the main thread so that the temporary output is removed (a
-    BaseException, so that no `except Exception` on the way takes it for a failure)."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _TerminatedError()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
+    extras = ExtraOptions(
+        args.fuse,
+        args.fuse_output,
+        args.fuse_weight,
+        args.fuse_levels,
+        args.side_by_side,
+        args.panel_labels,
+    )  # fmt: skip
+
+    def body() -> None:
         translate(
             args.checkpoint,
             args.input,
@@ -453,27 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             compute_dtype=args.compute_dtype,
             fps=args.fps,
-            extras=ExtraOptions(
-                args.fuse,
-                args.fuse_output,
-                args.fuse_weight,
-                args.fuse_levels,
-                args.side_by_side,
-                args.panel_labels,
-            ),  # fmt: skip
+            extras=extras,
         )
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; nothing written to {args.output}", file=sys.stderr)
-        return 130
-    except _TerminatedError:
-        print(f"error: terminated; nothing written to {args.output}", file=sys.stderr)
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 0
+
+    return run_command(body, not_written=f"nothing written to {args.output}", catch_sigterm=True)
 
 
 if __name__ == "__main__":

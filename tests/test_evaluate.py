@@ -76,6 +76,7 @@ def test_list_images_natural_order(folders):
     assert len(list_images(folders["real"])) == 4  # notes.txt skipped
 
 
+@pytest.mark.slow  # the full-size Inception network, compiled and run: CI's `-m slow` step
 def test_evaluate_end_to_end_and_cache(folders, weights_file, tmp_path, capsys, monkeypatch):
     cache, out = tmp_path / "cache", tmp_path / "result.json"
     argv = [

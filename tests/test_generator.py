@@ -44,6 +44,7 @@ def _jax_input_grad(module, params, x, probe):
     return np.asarray(jax.jit(jax.grad(scalar))(x), np.float64)
 
 
+@pytest.mark.slow  # ~40 s each on 2 idle cores: CI runs it in its `-m slow` step
 @pytest.mark.parametrize("conv_impl", ["lax", "im2col"])
 def test_forward_parity_256(paper_generator, conv_impl):
     """Our float32 G against the float64 truth, as accurate as PyTorch's own float32 G, with
@@ -83,7 +84,7 @@ def test_forward_parity_256(paper_generator, conv_impl):
 
 @pytest.mark.slow
 def test_input_gradient_parity_256_float64(paper_generator):
-    """~2 minutes on 2 CPU cores (XLA's float64 convolutions are slow): run with -m slow.
+    """~2 minutes on 2 CPU cores (XLA's float64 convolutions are slow): CI's `-m slow` step.
 
     The input gradient at 256×256 through nine random-weight residual blocks is ill-conditioned
     in float32: PyTorch's own float32 gradient is ~1.5e-2 (relative to its max) away from its

@@ -25,6 +25,10 @@ from cptrans_jax.objectives import Networks, cptrans_variant
 from cptrans_jax.precision import compute_dtype, matmul_precision
 from cptrans_jax.steps import TrainState, adam, init_train_state, make_iteration
 
+# Two CPTrans programs and a full iteration's abstract evaluation: ~50 s cold on 2 idle cores,
+# so the file runs in CI's `-m slow` step rather than in the default suite (its 8-minute budget).
+pytestmark = pytest.mark.slow
+
 VIT = ViTConfig(image_size=48, patch_size=8, width=32, depth=2, num_heads=4, mlp_dim=64)
 SIZE, BATCH, GRID = 48, 2, 6
 CFG = cptrans_variant("full", vit_layers=(0, 1), ctn_gamma=12.0, ctn_sigma=3.0)
