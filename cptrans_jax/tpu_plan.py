@@ -46,6 +46,10 @@ from cptrans_jax.convert import init_vit_params
 from cptrans_jax.models import Generator
 from cptrans_jax.models.generator import conv_impl_for
 
+# Imported here, not when the translate plan starts: a translate that cannot be imported must
+# fail the plan before the iteration's compile (minutes to an hour), not after it.
+from cptrans_jax.translate import make_infer_fn
+
 
 class PlanError(Exception):
     """A bad request (unknown topology, missing libtpu, a batch that cannot be split): the
@@ -152,8 +156,6 @@ def compile_translate(
 ) -> tuple[Program, int]:
     """``translate``'s jitted inference (uint8 frames in and out) of ``c``'s G on one chip at
     ``batch`` frames of ``frame_size``², compiled; also G's parameter count."""
-    from cptrans_jax.translate import make_infer_fn
-
     mesh = sharding_lib.mesh_over([device])
     # G as translate builds it from a checkpoint (translate.py's _run): conv_impl for the
     # devices, the compute dtype of its --compute_dtype (here the config's), default precision.
