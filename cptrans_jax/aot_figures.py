@@ -148,6 +148,9 @@ class Roofline:
 
 
 def roofline(program: Program, peak_flops: float, chip: Chip) -> Roofline:
+    """FLOPs at ``peak_flops`` and XLA's bytes accessed at the HBM bandwidth. (XLA counts every
+    fused op's operands and results; data kept on chip between ops never reaches HBM, so the
+    memory side can overstate the traffic.)"""
     return Roofline(program.flops / peak_flops, program.bytes_accessed / chip.hbm_bandwidth)
 
 
