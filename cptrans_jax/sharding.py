@@ -8,7 +8,7 @@ train state donated, so its buffers are updated in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,10 +24,19 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
     n = available if num_devices is None else num_devices
     if not 1 <= n <= available:
         raise ValueError(f"mesh needs 1..{available} devices, asked for {num_devices}")
+    return mesh_over(jax.devices()[:n])
+
+
+def mesh_over(devices: Sequence[jax.Device]) -> Mesh:
+    """A 1-D ``data`` mesh over ``devices``: this job's devices (the trainer), or a TPU
+    topology's compile-only devices (``python -m cptrans_jax.plan``), so both get one layout."""
     # Auto axes: XLA propagates the batch sharding through the step (reshapes of the batch
     # axis, einsums over it) instead of asking for an explicit sharding at every op.
     return jax.make_mesh(
-        (n,), (DATA_AXIS,), devices=jax.devices()[:n], axis_types=(jax.sharding.AxisType.Auto,)
+        (len(devices),),
+        (DATA_AXIS,),
+        devices=list(devices),
+        axis_types=(jax.sharding.AxisType.Auto,),
     )
 
 

@@ -13,11 +13,12 @@ from the environment there.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from cptrans_jax import config_cli as cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/irvi.py:scene=traffic.", lock_config=True
@@ -38,74 +39,12 @@ _USAGE = (
 
 
 def _fail(message: str, *, usage: bool = False) -> None:
-    print(f"error: {message}" + (f"\n{_USAGE}" if usage else ""), file=sys.stderr)
-    sys.exit(2)
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    seen = set()
-    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return e
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _config_file_problem(e: BaseException, argv: list[str]) -> str:
-    """What went wrong loading ``--config``: a missing file or its ``get_config`` refusing."""
-    root = _root_cause(e)
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None and "--config" in argv[:-1]:
-        spec = argv[argv.index("--config") + 1]
-    path = (spec or "").split(":", 1)[0]
-    if isinstance(root, FileNotFoundError) or (path and not os.path.isfile(path)):
-        folder = os.path.dirname(path) or "."
-        if not os.path.isdir(folder):
-            folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-        known = (
-            sorted(n for n in os.listdir(folder) if n.endswith(".py"))
-            if os.path.isdir(folder)
-            else []
-        )
-        listed = ", ".join(os.path.join(os.path.relpath(folder), n) for n in known) or "none"
-        return f"config file {path or '(none given)'} not found; the configs are: {listed}"
-    if isinstance(root, KeyError) and root.args:
-        return f"config {spec}: {_one_line(root.args[0])}"
-    return f"config {spec}: {_one_line(root)}"
+    cli.fail(message, _USAGE if usage else None)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with one line instead of a traceback for a bad config or override."""
-    try:
-        rest = flags.FLAGS(argv)
-        if _CONFIG.value is not None:
-            _CONFIG.value.get("method")  # a config file that failed to load raises here
-        return rest
-    except flags.Error as e:
-        if "--config" in str(e) and "flag --config=" in str(e):
-            _fail(_config_file_problem(e, argv))
-        _fail(_one_line(e), usage=True)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        # An unknown field: ml_collections raises AttributeError(KeyError(text)), the text
-        # naming the field and suggesting the nearest one.
-        key_errors = [a for a in e.args if isinstance(a, KeyError)]
-        if isinstance(e, AttributeError) and isinstance(_root_cause(e), KeyError):
-            key_errors.append(_root_cause(e))
-        if key_errors:
-            overrides = [a for a in argv[1:] if a.startswith("--config.")]
-            text = max((str(k.args[0]) if k.args else "" for k in key_errors), key=len)
-            text = _one_line(text.replace("'", "").replace("\n", "; "))
-            _fail(
-                f"bad config override among {overrides}: unknown field {text} (the fields and "
-                "their types are those of cptrans_jax/config.py:base_config())"
-            )
-        _fail(_config_file_problem(e, argv))
-    except OSError as e:  # config_flags reports a file it could not load as IOError
-        _fail(_config_file_problem(e, argv))
-    return []  # not reached
+    return cli.parse_config_flags(argv, _CONFIG, _USAGE)
 
 
 def main(argv: list[str]) -> None:
@@ -136,7 +75,7 @@ def main(argv: list[str]) -> None:
     except (ValueError, OSError, NotImplementedError, FloatingPointError) as e:
         # Configuration, input, file-system and divergence errors are the user's to read, not
         # tracebacks.
-        _fail(_one_line(e))
+        _fail(cli.one_line(e))
 
 
 if __name__ == "__main__":

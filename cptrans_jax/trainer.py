@@ -56,11 +56,16 @@ from cptrans_jax.steps import TrainState, init_train_state, make_iteration
 SAMPLE_ROWS = 4  # samples shown per grid
 
 
+def clip_length(c: ml_collections.ConfigDict) -> int:
+    """Frames per sample of the config's method: ROMA trains on two-frame clips."""
+    return 2 if c.method == "roma" else 1
+
+
 def make_source(
     c: ml_collections.ConfigDict, print_fn: Callable[[str], None] = print
 ) -> ClipSource:
     """This process's input stream for the config's data set."""
-    frames = 2 if c.method == "roma" else 1
+    frames = clip_length(c)
     if c.data.name == "demo":
         from cptrans_jax.data.demo import DemoSource
 
@@ -131,8 +136,11 @@ def _programs(
     objective = config_lib.build_objective(c)
     frame = (c.data.frame_size, c.data.frame_size)
     optim = (c.optim.g_lr, c.optim.d_lr, c.optim.constant_epochs, c.optim.decay_epochs)
-    # Mesh objects that are equal need not hash alike: key by the devices and axis names.
-    where = (tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+    # Mesh objects that are equal need not hash alike: key by the devices and axis names (and
+    # their kind: a TPU topology's compile-only devices are numbered from 0 like the CPUs).
+    first = mesh.devices.flat[0]
+    where = (first.platform, first.device_kind, tuple(d.id for d in mesh.devices.flat))
+    where += (mesh.axis_names,)
     key = (nets, objective, optim, steps_per_epoch, frame, where)
     if key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
@@ -153,6 +161,18 @@ def _programs(
     while len(_PROGRAMS) > _MAX_PROGRAMS:
         _PROGRAMS.popitem(last=False)
     return programs
+
+
+def build_programs(
+    c: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps_per_epoch: int
+) -> tuple[Networks, _Programs]:
+    """G, the ViT and D of ``c`` for the platform of ``mesh``'s devices, and their jitted
+    programs on ``mesh``: what :func:`train` runs, and what ``python -m cptrans_jax.plan``
+    compiles ahead of time for a TPU topology (one code path, so the plan sizes the real step).
+    """
+    platform = mesh.devices.flat[0].platform
+    nets = config_lib.build_networks(c, platform)
+    return nets, _programs(c, nets, steps_per_epoch, mesh)
 
 
 def _cache_size(fn: Callable) -> int | None:
@@ -208,12 +228,10 @@ class _Run:
         c = self.c
         self.mesh = data_mesh(c.train.num_devices or None)
         check_global_batch(c.data.global_batch_size, self.mesh)
-        platform = self.mesh.devices.flat[0].platform
-        self.nets: Networks = config_lib.build_networks(c, platform)
         self.source = make_source(c, self.print_fn)
         steps_per_epoch = self.source.steps_per_epoch
         self.total = config_lib.total_steps(c, steps_per_epoch)
-        self.programs = _programs(c, self.nets, steps_per_epoch, self.mesh)
+        self.nets, self.programs = build_programs(c, self.mesh, steps_per_epoch)
         rep = replicated(self.mesh)
         if c.model.vit_weights:
             vit_params = load_vit_params(c.model.vit_weights, self.nets.vit.config)
