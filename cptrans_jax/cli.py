@@ -11,6 +11,7 @@ which is why SIGTERM is turned into an exception here instead of ending the proc
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -49,3 +50,39 @@ def run_command(body: Callable[[], None], *, not_written: str, catch_sigterm: bo
         if catch_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def run_report(
+    compute: Callable[[], dict],
+    format_report: Callable[[dict], str],
+    *,
+    json_path: str | None,
+    check: Callable[[], None] | None = None,
+    ensure_ascii: bool = True,
+) -> int:
+    """``run_command`` for the commands that print a report and may save it as JSON.
+
+    ``check()`` (the arguments) runs first; then ``--json``'s place is claimed (so a bad path
+    fails before the work, not after it); then ``compute()``; the report is printed and the
+    JSON file appears complete or not at all (``evaluate.OutputFile``).
+    """
+    out = None
+
+    def body() -> None:
+        nonlocal out
+        if check is not None:
+            check()
+        if json_path:
+            from cptrans_jax.evaluate import OutputFile  # imported here: it brings in JAX
+
+            out = OutputFile(json_path, "--json")
+        result = compute()
+        print(format_report(result), flush=True)
+        if out is not None:
+            out.write(json.dumps(result, indent=2, ensure_ascii=ensure_ascii) + "\n")
+
+    try:
+        return run_command(body, not_written=f"{json_path} not written" if json_path else "")
+    finally:
+        if out is not None:
+            out.discard()  # a no-op after a successful write

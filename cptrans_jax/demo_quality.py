@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cptrans_jax.cli import run_command
+from cptrans_jax.cli import run_report
 from cptrans_jax.data.demo import visible_clips
 from cptrans_jax.data.demo_truth import LABELS, LANE, OBJECT, ROAD, SKY, VERGE, paired_truth
 
@@ -239,24 +239,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    out = None
-
-    def body() -> None:
-        nonlocal out
-        if args.json:
-            from cptrans_jax.evaluate import OutputFile  # the project's atomic file
-
-            out = OutputFile(args.json, "--json")  # checked before any work
-        result = evaluate_demo(args.workdir, args.scenes)  # GeneratorCheckpointError: ValueError
-        print(format_report(result), flush=True)
-        if out is not None:
-            out.write(json.dumps(result, indent=2) + "\n")
-
-    try:
-        return run_command(body, not_written=f"{args.json} not written" if args.json else "")
-    finally:
-        if out is not None:
-            out.discard()  # a no-op after a successful write
+    # GeneratorCheckpointError is a ValueError: a message, not a traceback.
+    return run_report(
+        lambda: evaluate_demo(args.workdir, args.scenes), format_report, json_path=args.json
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ and exit status 2, before any frame is scored where it can be found out before.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from cptrans_jax import video_io
-from cptrans_jax.cli import run_command
+from cptrans_jax.cli import run_report
 from cptrans_jax.detection import labels as labels_lib
 from cptrans_jax.detection.average_precision import DEFINITION, average_precision
 from cptrans_jax.detection.yolo import LAYOUTS, DetectError, Detections, YoloDetector
@@ -341,15 +340,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    out = None
 
-    def body() -> None:
-        nonlocal out
-        _check_numbers(args)
-        if args.json:
-            from cptrans_jax.evaluate import OutputFile  # the project's atomic file
-
-            out = OutputFile(args.json, "--json")  # checked before any work
+    def compute() -> dict:
         sets = [parse_set(args.frames, "--frames")]
         sets += [parse_set(c, "--compare") for c in args.compare]
         for (_, folder), option in zip(
@@ -370,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             imgsz=args.imgsz,
             batch_size=args.batch_size,
         )
-        result = score_sets(
+        return score_sets(
             sets,
             args.labels,
             detector,
@@ -383,15 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_det=args.max_det,
             print_fn=lambda line: print(line, flush=True),
         )
-        print(format_report(result), flush=True)
-        if out is not None:
-            out.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
-    try:
-        return run_command(body, not_written=f"{args.json} not written" if args.json else "")
-    finally:
-        if out is not None:
-            out.discard()  # a no-op after a successful write
+    return run_report(
+        compute,
+        format_report,
+        json_path=args.json,
+        check=lambda: _check_numbers(args),
+        ensure_ascii=False,
+    )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import sys
 import time
@@ -78,7 +77,7 @@ import jax
 import numpy as np
 
 from cptrans_jax import eval_stats
-from cptrans_jax.cli import run_command
+from cptrans_jax.cli import run_report
 from cptrans_jax.eval_images import (  # noqa: F401 (IMAGE_EXTENSIONS: re-exported)
     IMAGE_EXTENSIONS,
     EvalInputError,
@@ -599,12 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_quality.main([a for a in argv if a != "--demo"])
     args = _parser().parse_args(argv)
-    out = None
 
-    def body() -> None:
-        # EvalInputError, CheckpointMismatchError, an unreadable weights or output file are
-        # ValueError or OSError: the user's to fix, so run_command prints a message for them.
-        nonlocal out
+    # EvalInputError, CheckpointMismatchError, an unreadable weights or output file are
+    # ValueError or OSError: the user's to fix, so run_report prints a message for them.
+    def check() -> None:
         if args.inception is None:
             if not args.flicker:
                 raise EvalInputError(
@@ -613,32 +610,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         elif args.real is None:
             raise EvalInputError("FID and KID need --real, the folder of real visible frames")
-        # Checked (and its folder made) before any work, so that a bad path fails at once.
-        out = OutputFile(args.json, "--json") if args.json else None
-        if args.inception is None:  # flicker alone: no network, nothing to load or compile
-            result = flicker_folders(args.fake, args.real)
-        else:
-            result = evaluate_folders(
-                args.fake,
-                args.real,
-                args.inception,
-                kid_degree=args.kid_degree,
-                kid_subsets=args.kid_subsets,
-                kid_subset_size=args.kid_subset_size,
-                kid_seed=args.kid_seed,
-                batch_size=args.batch_size,
-                cache_dir=args.cache_dir,
-                with_flicker=args.flicker,
-            )
-        print(format_report(result), flush=True)
-        if out is not None:
-            out.write(json.dumps(result, indent=2) + "\n")
 
-    try:
-        return run_command(body, not_written=f"{args.json} not written" if args.json else "")
-    finally:
-        if out is not None:
-            out.discard()  # a no-op after a successful write
+    def compute() -> dict:
+        if args.inception is None:  # flicker alone: no network, nothing to load or compile
+            return flicker_folders(args.fake, args.real)
+        return evaluate_folders(
+            args.fake,
+            args.real,
+            args.inception,
+            kid_degree=args.kid_degree,
+            kid_subsets=args.kid_subsets,
+            kid_subset_size=args.kid_subset_size,
+            kid_seed=args.kid_seed,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            with_flicker=args.flicker,
+        )
+
+    return run_report(compute, format_report, json_path=args.json, check=check)
 
 
 if __name__ == "__main__":
