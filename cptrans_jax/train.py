@@ -13,7 +13,6 @@ from the environment there.
 
 from __future__ import annotations
 
-import functools
 import sys
 
 from absl import app, flags, logging
@@ -69,9 +68,7 @@ def main(argv: list[str]) -> None:
 
     quiet_orbax_failures()  # a failed save is reported in one line below
     try:
-        # Flushed: under nohup, SLURM or `> log`, stdout is a file and block-buffered, and the
-        # progress lines would otherwise appear minutes late, in bursts.
-        trainer.train(_CONFIG.value, _WORKDIR.value, print_fn=functools.partial(print, flush=True))
+        trainer.train(_CONFIG.value, _WORKDIR.value)
     except KeyboardInterrupt:
         # The trainer saved at the end of the iteration (or had nothing new to save).
         sys.exit(130)

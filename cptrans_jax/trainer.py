@@ -56,13 +56,19 @@ from cptrans_jax.steps import TrainState, init_train_state, make_iteration
 SAMPLE_ROWS = 4  # samples shown per grid
 
 
+def say_flushed(line: str) -> None:
+    """The trainer's default print: flushed, because under nohup, SLURM or ``> log`` stdout is
+    a block-buffered file and progress lines would otherwise appear minutes late, in bursts."""
+    print(line, flush=True)
+
+
 def clip_length(c: ml_collections.ConfigDict) -> int:
     """Frames per sample of the config's method: ROMA trains on two-frame clips."""
     return 2 if c.method == "roma" else 1
 
 
 def make_source(
-    c: ml_collections.ConfigDict, print_fn: Callable[[str], None] = print
+    c: ml_collections.ConfigDict, print_fn: Callable[[str], None] = say_flushed
 ) -> ClipSource:
     """This process's input stream for the config's data set."""
     frames = clip_length(c)
@@ -194,7 +200,7 @@ def json_config(c: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(c.to_dict(), default=str))
 
 
-def train(c: ml_collections.ConfigDict, workdir: str, *, print_fn=print) -> TrainState:
+def train(c: ml_collections.ConfigDict, workdir: str, *, print_fn=say_flushed) -> TrainState:
     """Trains until ``total_steps`` (or SIGTERM/SIGINT) and returns the final train state.
 
     SIGTERM saves and returns normally; SIGINT (Ctrl-C) saves and raises ``KeyboardInterrupt``.

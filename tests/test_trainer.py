@@ -335,3 +335,24 @@ def test_trains_on_a_built_data_set(tmp_path):
     assert int(state.step) == 3 and any(line.startswith("resumed from") for line in lines)
     for leaf in jax.tree.leaves(params_of(state)):
         assert np.all(np.isfinite(leaf))
+
+
+def test_default_progress_print_flushes(monkeypatch):
+    # Redirected stdout is block-buffered: an unflushed progress line sits in the buffer for
+    # minutes. The trainer's default print must push each line through at once.
+    import io
+
+    from cptrans_jax import trainer
+
+    class Recorder(io.StringIO):
+        flushes = 0
+
+        def flush(self):
+            Recorder.flushes += 1
+            super().flush()
+
+    out = Recorder()
+    monkeypatch.setattr("sys.stdout", out)
+    trainer.say_flushed("step 1/10")
+    assert out.getvalue() == "step 1/10\n" and Recorder.flushes == 1
+    assert trainer.train.__kwdefaults__["print_fn"] is trainer.say_flushed
