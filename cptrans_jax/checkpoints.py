@@ -139,7 +139,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, handler_registry=registry
         )
-        self._saving: int | None = None  # the step of the save in flight, if any
+        # The step of the last save started and not yet seen through by wait(). Orbax runs one
+        # save at a time (a new save waits for the previous one), so any error it reports
+        # belongs to this step.
+        self._saving: int | None = None
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -197,12 +200,13 @@ class Checkpointer:
         """Raises :class:`CheckpointSaveError` if the save in flight has failed; never blocks."""
         if self._saving is None:
             return
+        # The step stays remembered until wait() has seen the save through: forgetting it when
+        # the writer looked finished lost the step whenever the failure landed between two
+        # queries (the error then surfaced at the next wait() as "saving a checkpoint").
         try:
             self._manager.check_for_errors()
         except Exception as e:  # noqa: BLE001 - whatever the background writer raised
             raise self._save_error(self._saving, e) from e
-        if not self._manager.is_saving_in_progress():
-            self._saving = None
 
     def wait(self) -> None:
         """Blocks until every started save is on disk (and old steps are deleted).

@@ -245,3 +245,53 @@ def test_killed_mid_save_keeps_previous_checkpoint(tmp_path, sharding):
     assert ckpt.all_steps() == [1, 2]
     assert not leftovers[0].exists()
     ckpt.close()
+
+
+class _ScriptedManager:
+    """Stands in for Orbax's manager with a save in flight that fails after ``fail_after``
+    queries: every call to ``is_saving_in_progress``/``check_for_errors`` advances the clock, so
+    the failure can land between any two of the checkpointer's own calls."""
+
+    def __init__(self, fail_after: int):
+        self.fail_after = fail_after
+        self.clock = 0
+
+    def _tick(self) -> bool:
+        failed = self.clock >= self.fail_after
+        self.clock += 1
+        return failed
+
+    def is_saving_in_progress(self) -> bool:
+        return not self._tick()
+
+    def check_for_errors(self) -> None:
+        if self._tick():
+            raise OSError(27, "File too large")
+
+    def wait_until_finished(self) -> None:
+        self.clock = max(self.clock, self.fail_after)
+
+    def reload(self) -> None:
+        pass
+
+    def all_steps(self) -> list[int]:
+        return [2]
+
+
+@pytest.mark.parametrize("fail_after", range(5))
+def test_a_failed_save_is_reported_with_its_step_whenever_it_fails(tmp_path, fail_after):
+    """A background save can fail between any two of the trainer's polls (CI once saw
+    "saving a checkpoint … failed": the failure landed between the error check and the
+    in-progress check, and the step was forgotten). Wherever it lands, the error names step 4."""
+    from cptrans_jax.checkpoints import CheckpointSaveError
+
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=2, keep=2)
+    ckpt._manager.close()
+    ckpt._manager = _ScriptedManager(fail_after)
+    ckpt._saving = 4
+    with pytest.raises(CheckpointSaveError) as info:
+        for _ in range(3):
+            ckpt.poll()
+        ckpt.wait()
+    assert "saving checkpoint 4 to " in str(info.value), str(info.value)
+    assert "the checkpoints kept are [2]" in str(info.value)
