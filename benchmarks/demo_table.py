@@ -12,7 +12,10 @@ the mean-day-frame baseline's figures and the wall time of a training.
 Resumable: each (row, seed) trains into ``OUT/<row>-s<seed>`` (a stopped training resumes
 from its checkpoint) and leaves its score in ``OUT/<row>-s<seed>.json``; a run whose JSON is
 there is not repeated, so rerunning the command after an interruption finishes the table.
-``--table_only`` prints the table of what is there without training anything.
+Two runners may share the cores (two demo trainings side by side run ~1.5× the rate of one):
+a run whose work directory the other holds is refused by the trainer and skipped, and the
+exit status says how many were. ``--table_only`` prints the table of what is there without
+training anything.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ DESCRIPTION = {
 }
 
 
-def run_one(out: str, row: str, seed: int, extra: Sequence[str]) -> dict:
-    """Trains and scores one (row, seed) unless its result is already in ``out``."""
+def run_one(out: str, row: str, seed: int, extra: Sequence[str]) -> dict | None:
+    """Trains and scores one (row, seed) unless its result is already in ``out``; None when
+    the training or scoring failed (said on stderr; e.g. another runner holds its work
+    directory, so two runners with overlapping seeds share the table's work)."""
     name = f"{row}-s{seed}"
     result_path = os.path.join(out, f"{name}.json")
     if os.path.exists(result_path):
@@ -62,13 +67,15 @@ def run_one(out: str, row: str, seed: int, extra: Sequence[str]) -> dict:
     ]
     print(f"[{name}] {' '.join(train[1:])}", flush=True)
     start = time.perf_counter()
-    subprocess.run(train, check=True, stdout=subprocess.DEVNULL)
+    if subprocess.run(train, stdout=subprocess.DEVNULL).returncode:
+        print(f"[{name}] training failed (its error is above); skipped", file=sys.stderr)
+        return None
     seconds = time.perf_counter() - start
     score_path = os.path.join(out, f"{name}.score.json")
-    subprocess.run(
-        [sys.executable, "-m", "cptrans_jax.demo_quality", workdir, "--json", score_path],
-        check=True,
-    )
+    score = [sys.executable, "-m", "cptrans_jax.demo_quality", workdir, "--json", score_path]
+    if subprocess.run(score).returncode:
+        print(f"[{name}] scoring failed (its error is above); skipped", file=sys.stderr)
+        return None
     with open(score_path) as f:
         result = {"row": row, "seed": seed, "train_seconds": seconds, **json.load(f)}
     # Written last and atomically: a result file exists only for a finished run.
@@ -139,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown rows {unknown}; expected some of {list(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     os.makedirs(args.out, exist_ok=True)
-    results = []
+    results, failed = [], 0
     for seed in seeds:  # seed-major: an interrupted table has every row for the first seeds
         for row in rows:
             path = os.path.join(args.out, f"{row}-s{seed}.json")
@@ -148,8 +155,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     with open(path) as f:
                         results.append(json.load(f))
             else:
-                results.append(run_one(args.out, row, seed, extra))
+                result = run_one(args.out, row, seed, extra)
+                if result is None:
+                    failed += 1
+                else:
+                    results.append(result)
     print(table(results))
+    if failed:
+        sys.exit(f"{failed} run(s) failed or were busy elsewhere; rerun to finish the table")
 
 
 if __name__ == "__main__":
