@@ -102,15 +102,18 @@ def table(results: Sequence[dict]) -> str:
         return f"{m:{fmt}} ± {s:{fmt}}" if len(values) > 1 else f"{m:{fmt}}"
 
     lines = [
-        "| method | seeds | layout mIoU | IoU sky / verge / road / lane / object | L1 | "
-        "PSNR dB | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | layout mIoU | per seed | IoU sky / verge / road / lane / object | "
+        "L1 | PSNR dB | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         runs = [r for r in results if r["row"] == row]
         if not runs:
             continue
+        runs.sort(key=lambda r: r["seed"])
         t = [r["translation"] for r in runs]
+        # GAN runs can fail outright: the seeds' values show a collapse that a std blurs.
+        per_seed = ", ".join(f"{r['seed']}: {x['miou']:.2f}" for r, x in zip(runs, t, strict=True))
         ious = " / ".join(
             "-"
             if any(x["iou"][k] is None for x in t)
@@ -119,7 +122,7 @@ def table(results: Sequence[dict]) -> str:
         )
         lines.append(
             f"| {DESCRIPTION[row]} | {len(runs)} | {cell([x['miou'] for x in t], '.3f')} | "
-            f"{ious} | {cell([x['l1'] for x in t], '.4f')} | "
+            f"{per_seed} | {ious} | {cell([x['l1'] for x in t], '.4f')} | "
             f"{cell([x['psnr'] for x in t], '.2f')} | "
             f"{cell([r['train_seconds'] for r in runs], '.0f')} |"
         )
@@ -127,7 +130,7 @@ def table(results: Sequence[dict]) -> str:
         b = results[0]["baseline"]
         ious = " / ".join("-" if v is None else f"{v:.2f}" for v in b["iou"].values())
         lines.append(
-            f"| mean day frame (ignores its input) | - | {b['miou']:.3f} | {ious} | "
+            f"| mean day frame (ignores its input) | - | {b['miou']:.3f} | - | {ious} | "
             f"{b['l1']:.4f} | {b['psnr']:.2f} | - |"
         )
     return "\n".join(lines)

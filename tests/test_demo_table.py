@@ -34,15 +34,15 @@ def test_mean_and_sample_std():
 def test_table_rows_in_order_with_mean_std_and_the_baseline():
     results = [
         _run("roma", 0, 0.40, 0.10, 15.0, 300),
-        _run("full", 0, 0.50, 0.08, 16.0, 310),
         _run("full", 1, 0.60, 0.06, 18.0, 330),
+        _run("full", 0, 0.50, 0.08, 16.0, 310),
     ]
     lines = demo_table.table(results).splitlines()
     assert len(lines) == 5  # header, rule, CPTrans, ROMA, the baseline
     full, roma, baseline = lines[2], lines[3], lines[4]
-    assert full.startswith("| CPTrans (CO + CTN) | 2 | 0.550 ± 0.071 |")  # std √0.005
+    assert full.startswith("| CPTrans (CO + CTN) | 2 | 0.550 ± 0.071 | 0: 0.50, 1: 0.60 |")
     assert "| 0.0700 ± 0.0141 | 17.00 ± 1.41 | 320 ± 14 |" in full
     assert "0.55 / 0.55 / 0.55 / 0.00 / - |" in full  # object absent: "-"
-    assert roma.startswith("| ROMA | 1 | 0.400 |")  # one seed: no ± std
-    assert baseline.startswith("| mean day frame (ignores its input) | - | 0.360 |")
+    assert roma.startswith("| ROMA | 1 | 0.400 | 0: 0.40 |")  # one seed: no ± std
+    assert baseline.startswith("| mean day frame (ignores its input) | - | 0.360 | - |")
     assert "0.80 / 0.60 / 0.40 / 0.00 / 0.00" in baseline
