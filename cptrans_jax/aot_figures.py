@@ -195,9 +195,13 @@ def search_largest_batch(
     ran out of memory) fits ``capacity``.
 
     Compiles ``first`` and ``first + 1``, extrapolates the line through them (per-chip memory is
-    close to affine in the batch), and compiles the prediction to confirm it. A prediction that
-    does not fit is refitted through the largest fitting point and itself (bisected when the
-    compile gave no figure), at most ``confirms`` compiles in all after the first two.
+    close to affine in the batch) and compiles the prediction. A prediction that fits is not
+    the answer yet: memory can grow more slowly than the first two batches said (XLA:TPU's
+    full-size CPTrans program took 7.7 GiB at batch 11 where the line said 16), so the line is
+    refitted through the two largest fitting batches and its new prediction tried. One that
+    does not fit becomes a ceiling, and the line is refitted through the largest fitting batch
+    and it (bisected when the compile gave no figure). At most ``confirms`` compiles after the
+    first two; the answer is the largest batch that compiled and fit.
     """
     tried: dict[int, float] = {}
 
@@ -215,20 +219,23 @@ def search_largest_batch(
     if at(hi) > capacity:
         return result(lo)
     best, line = hi, affine_fit((lo, at(lo)), (hi, at(hi)))
+    ceiling = math.inf  # the smallest batch known not to fit
     for _ in range(confirms):
-        guess = largest_batch(*line, capacity)
+        # Memory that did not grow between the two points says nothing: double instead.
+        guess = 2 * best if line[1] <= 0 else largest_batch(*line, capacity)
+        guess = int(min(guess, ceiling - 1))
         if guess <= best:
-            return result(best)
+            break
         if at(guess) <= capacity:
-            return result(guess)  # confirmed (the line says guess + 1 does not fit)
+            line, best = affine_fit((best, at(best)), (guess, at(guess))), guess
+            continue
+        ceiling = guess
         if math.isfinite(at(guess)):
             line = affine_fit((best, at(best)), (guess, at(guess)))
-            # Whatever the new line says, stay below the batch that did not fit.
-            line = (line[0], max(line[1], (capacity - line[0]) / guess + 1e-9))
         else:  # ran out of memory without a figure: bisect
             mid = (best + guess) // 2
             line = (capacity - mid * 1.0, 1.0)
-    return result(max(b for b, m in tried.items() if m <= capacity))
+    return result(best)
 
 
 def _versions() -> str:

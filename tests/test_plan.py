@@ -97,10 +97,29 @@ def test_search_refits_when_memory_grows_faster_than_the_line():
     assert memory(8) > 16 * GiB  # 7 is indeed the largest
 
 
+def test_search_probes_above_a_fitting_guess_when_memory_grows_slower():
+    # The full-size CPTrans plan on v5e:4x4: 2.28 GiB at batch 1, 3.65 at 2 (the line says 11),
+    # but 7.68 at 11. Refitted through (2, 3.65) and (11, 7.68) the line says 29, which fits;
+    # through (11, 7.68) and (29, 15.78) it says 29 again: done.
+    def memory(b):
+        return (0.91 + 1.37 * b if b <= 2 else 3.65 + 0.45 * (b - 2)) * GiB
+
+    calls, measure = _recorder(memory)
+    found = aot_figures.search_largest_batch(measure, 16 * GiB)
+    assert calls == [1, 2, 11, 29] and found.batch == 29
+    assert memory(30) > 16 * GiB  # 29 is indeed the largest
+    # Memory that does not grow at all: the batch doubles per compile, up to the budget.
+    calls, measure = _recorder(lambda b: 4.0 * GiB)
+    assert aot_figures.search_largest_batch(measure, 16 * GiB).batch == 16
+    assert calls == [1, 2, 4, 8, 16]
+
+
 def test_search_bisects_after_an_out_of_memory_compile_and_handles_the_edges():
     calls, measure = _recorder(lambda b: math.inf if b > 5 else (2.0 + 1.5 * b) * GiB)
     found = aot_figures.search_largest_batch(measure, 16 * GiB)
-    assert calls == [1, 2, 9, 5] and found.batch == 5
+    # 9: no figure → bisect to 5, which fits; the line through (2, 5) and (5, 9.5) then says
+    # 9, capped below the failed 9 at 8, which runs out too: 5 is the answer.
+    assert calls == [1, 2, 9, 5, 8] and found.batch == 5
     # Batch 1 does not fit: 0, one compile. Batch 2 does not: 1, two compiles.
     calls, measure = _recorder(lambda b: 20 * GiB)
     assert aot_figures.search_largest_batch(measure, 16 * GiB).batch == 0 and calls == [1]
