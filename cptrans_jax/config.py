@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
     c.train.num_devices = 0  # 0 = every device of every process
+    # CPU devices JAX makes of this host when the run trains on CPUs (jax_num_cpu_devices; set
+    # by train.py before JAX starts). 0 = JAX's default, one. One XLA:CPU device leaves cores
+    # idle on a tiny network; the demo splits its batch over 2 (data parallel, the same math).
+    c.train.cpu_devices = 0
     c.train.log_every = 50
     c.train.sample_every = 500  # image grids to TensorBoard and <workdir>/samples/
     c.train.checkpoint_every = 1000
@@ -207,6 +211,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
         _check(c.train[name] > 0, f"train.{name}", f"must be > 0, got {c.train[name]}")
     _check(c.train.num_devices >= 0, "train.num_devices", "must be ≥ 0 (0 = all devices)")
+    _check(c.train.cpu_devices >= 0, "train.cpu_devices", "must be ≥ 0 (0 = JAX's default)")
     _check(c.train.max_steps >= 0, "train.max_steps", "must be ≥ 0 (0 = from the epochs)")
     _check(
         c.train.conv_impl in CONV_IMPL_CHOICES,
