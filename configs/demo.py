@@ -2,7 +2,7 @@
 
     python -m cptrans_jax.train --config configs/demo.py --workdir runs/demo
 
-Trains CPTrans (CO + CTN) for 3,072 steps (about 5½ minutes on an idle 2-core CPU) with a frozen
+Trains CPTrans (CO + CTN) for 3,072 steps (under 5 minutes on an idle 2-core CPU) with a frozen
 6-block ViT loaded from ``configs/demo_vit.npz`` — the demo's stand-in for the ViT-B/16-384
 weights of the real runs, pretrained to tell background, road and objects apart on the demo's
 unpaired training scenes (``python -m cptrans_jax.demo_vit --out configs/demo_vit.npz`` remakes
@@ -49,8 +49,11 @@ def get_config(arg: str | None = None):
     c.objective.ctn_sigma = 2.0
     c.optim.g_lr = 2e-4  # tiny networks from scratch learn at the usual GAN rate
     c.optim.d_lr = 2e-4
-    c.optim.constant_epochs = 4  # 3072 steps in all: about 5½ minutes on an idle 2-core CPU
+    c.optim.constant_epochs = 4  # 3072 steps in all: 288 s on an idle 2-core CPU
     c.optim.decay_epochs = 2
+    # Both cores of a 2-core laptop: one XLA:CPU device left one idle (338 s for the 3,072
+    # steps; 288 s on 2 devices, idle machine). The same math, summed in another order.
+    c.train.cpu_devices = 2
     c.train.log_every = 100
     c.train.sample_every = 500
     c.train.checkpoint_every = 500

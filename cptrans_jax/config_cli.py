@@ -85,3 +85,16 @@ def parse_config_flags(argv: list[str], config: flags.FlagHolder, usage: str) ->
         fail(config_file_problem(e, argv))
     except OSError as e:  # config_flags reports a file it could not load as IOError
         fail(config_file_problem(e, argv))
+
+
+def use_cpu_devices(count: int) -> None:
+    """Makes JAX split this host's CPU into ``count`` devices (0: JAX's default, one).
+
+    Must run before anything touches a JAX device: the CPU backend reads it when it starts.
+    """
+    if count < 0:
+        raise ValueError(f"train.cpu_devices: must be ≥ 0 (0 = JAX's default), got {count}")
+    if count:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", count)

@@ -56,12 +56,10 @@ def main(argv: list[str]) -> None:
     # lines unless the user asks for more with --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    cpu_devices = _CONFIG.value.train.get("cpu_devices", 0)
-    if cpu_devices < 0:
-        _fail(f"train.cpu_devices: must be ≥ 0 (0 = JAX's default), got {cpu_devices}")
-    if cpu_devices:
-        # Only before JAX's backends start: nothing above has touched a device.
-        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    try:
+        cli.use_cpu_devices(_CONFIG.value.train.get("cpu_devices", 0))
+    except ValueError as e:
+        _fail(str(e))
     if _MULTIPROCESS.value:
         # (CPU devices of different processes already talk through gloo by default.)
         jax.distributed.initialize(

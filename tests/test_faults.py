@@ -279,6 +279,10 @@ BAD_COMMAND_LINES = {
         ["--config", "configs/infraredcity_lite.py:scene=monitr"],
         ["scene must be one of", "got 'monitr'"],
     ),
+    "negative cpu_devices": (
+        ["--config", "configs/demo.py", "--config.train.cpu_devices=-1"],
+        ["train.cpu_devices: must be ≥ 0 (0 = JAX's default), got -1"],
+    ),
     "unknown field": (
         ["--config", "configs/demo.py", "--config.data.frame_sz=3"],
         ['unknown field frame_sz; Did you mean "frame_size"'],

@@ -36,7 +36,22 @@ TINY = {
     "train.log_every": 1,
     "train.sample_every": 2,
     "train.checkpoint_every": 2,
+    # One CPU device (configs/demo.py asks for 2): the CLI tests' programs are then the ones
+    # the in-process tests compiled, and the multi-process tests set devices by XLA_FLAGS.
+    "train.cpu_devices": 0,
 }
+
+
+def test_cpu_devices_split_the_host_before_jax_starts():
+    code = (
+        "from cptrans_jax import config_cli; config_cli.use_cpu_devices(2); import jax; "
+        "print(jax.device_count(), jax.devices()[0].platform)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "cpu"]
 
 
 def tiny_config(arg=None, **overrides):
