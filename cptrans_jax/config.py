@@ -211,7 +211,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
         _check(c.train[name] > 0, f"train.{name}", f"must be > 0, got {c.train[name]}")
     _check(c.train.num_devices >= 0, "train.num_devices", "must be ≥ 0 (0 = all devices)")
-    _check(c.train.cpu_devices >= 0, "train.cpu_devices", "must be ≥ 0 (0 = JAX's default)")
+    _check(
+        c.train.cpu_devices >= 0,
+        "train.cpu_devices",
+        f"must be ≥ 0 (0 = JAX's default), got {c.train.cpu_devices}",
+    )
     _check(c.train.max_steps >= 0, "train.max_steps", "must be ≥ 0 (0 = from the epochs)")
     _check(
         c.train.conv_impl in CONV_IMPL_CHOICES,

@@ -91,9 +91,8 @@ def use_cpu_devices(count: int) -> None:
     """Makes JAX split this host's CPU into ``count`` devices (0: JAX's default, one).
 
     Must run before anything touches a JAX device: the CPU backend reads it when it starts.
+    ``count`` is a validated ``train.cpu_devices`` (``config.validate`` refuses a negative one).
     """
-    if count < 0:
-        raise ValueError(f"train.cpu_devices: must be ≥ 0 (0 = JAX's default), got {count}")
     if count:
         import jax
 

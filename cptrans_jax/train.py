@@ -56,10 +56,14 @@ def main(argv: list[str]) -> None:
     # lines unless the user asks for more with --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    from cptrans_jax import config as config_lib
+
     try:
-        cli.use_cpu_devices(_CONFIG.value.train.get("cpu_devices", 0))
+        # Here, not only in the trainer: train.cpu_devices is used before JAX starts.
+        config_lib.validate(_CONFIG.value)
     except ValueError as e:
-        _fail(str(e))
+        _fail(cli.one_line(e))
+    cli.use_cpu_devices(_CONFIG.value.train.cpu_devices)
     if _MULTIPROCESS.value:
         # (CPU devices of different processes already talk through gloo by default.)
         jax.distributed.initialize(
