@@ -10,7 +10,7 @@ which may not download anything, uses the weights this module makes.
 
 How: the demo ViT (``configs/demo.py``) is trained for a few hundred Adam steps, with a linear
 head on the normed tokens of the loss layers (1, 3, 5), to say for each patch which fraction of
-it is background, road or object — on the demo's *training* scenes of both domains, each with
+it is sky, verge, road or object — on the demo's *training* scenes of both domains, each with
 its own layout's labels (the infrared's from its layout, the visible's from theirs). No pair of
 scenes is ever shown together, and none of the held-out scenes the layout score uses. Like an
 ImageNet-pretrained ViT, it knows the classes, not the translation.
@@ -40,9 +40,10 @@ from cptrans_jax.models import FeatureViT, ViTConfig
 
 Params = Any
 
-# demo_truth.LABELS → the classes the infrared shows: background (sky, verge), road (with its
-# lane marks), object.
-COARSE = np.array([0, 0, 1, 1, 2], np.int64)
+# demo_truth.LABELS → the classes the infrared shows: sky, verge, road (with its lane marks, which
+# the infrared does not show), object.
+COARSE = np.array([0, 1, 2, 2, 3], np.int64)
+CLASSES = int(COARSE.max()) + 1
 LAYERS = (1, 3, 5)
 
 
@@ -55,7 +56,7 @@ def demo_vit_config() -> ViTConfig:
 
 
 def token_targets(labels: np.ndarray, config: ViTConfig) -> np.ndarray:
-    """(n, grid², 3) fraction of each ViT patch covered by background, road and object.
+    """(n, grid², 4) fraction of each ViT patch covered by sky, verge, road and object.
 
     ``labels`` (n, S, S) are ``demo_truth.LABELS``; when S is not the ViT's input size they are
     brought to it by nearest-neighbour resampling (the frames by bilinear, which moves no
@@ -64,15 +65,15 @@ def token_targets(labels: np.ndarray, config: ViTConfig) -> np.ndarray:
     n, s = labels.shape[0], labels.shape[1]
     size, p, g = config.image_size, config.patch_size, config.grid
     pick = np.minimum(((np.arange(size) + 0.5) * s / size).astype(np.int64), s - 1)
-    onehot = np.eye(3, dtype=np.float32)[COARSE[labels[:, pick][:, :, pick]]]
-    return onehot.reshape(n, g, p, g, p, 3).mean(axis=(2, 4)).reshape(n, g * g, 3)
+    onehot = np.eye(CLASSES, dtype=np.float32)[COARSE[labels[:, pick][:, :, pick]]]
+    return onehot.reshape(n, g, p, g, p, CLASSES).mean(axis=(2, 4)).reshape(n, g * g, CLASSES)
 
 
 def training_set(
     config: ViTConfig, seed: int, frame_size: int, scenes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (2·scenes, S, S, 3) — infrared then visible training examples 0..scenes−1 of data
-    set ``seed`` — and their patch targets (2·scenes, grid², 3)."""
+    set ``seed`` — and their patch targets (2·scenes, grid², 4)."""
     idx = np.arange(scenes)
     infrared = infrared_clips(seed, idx, frame_size, 1)[:, 0]
     _, ir_labels = paired_truth(seed, idx, frame_size, 1)  # the infrared's own layout
@@ -100,7 +101,8 @@ def pretrain(
     vit = FeatureViT(config)
     frames, targets = training_set(config, seed, frame_size, scenes)
     init = vit.init(jax.random.key(seed), jnp.asarray(frames[:1]), (config.depth - 1,))
-    params = {"vit": init["params"], "head": {"w": jnp.zeros((config.width, 3)), "b": jnp.zeros(3)}}
+    head = {"w": jnp.zeros((config.width, CLASSES)), "b": jnp.zeros(CLASSES)}
+    params = {"vit": init["params"], "head": head}
     opt = optax.adam(learning_rate)
 
     def loss_fn(p: Params, x: jax.Array, y: jax.Array) -> jax.Array:

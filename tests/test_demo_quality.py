@@ -24,16 +24,17 @@ def _sha(*arrays: np.ndarray) -> str:
 
 
 def test_training_stream_is_unchanged_by_the_paired_truth():
-    # Hashes of the stream as it was before the truth existed (commit 142d607): rendering the
-    # truth reads the same layouts, and must not change a single training value.
+    # Hashes of the stream as it is since the infrared got its cold sky (the truth's horizon
+    # follows it); the visible side is as it was before the truth existed (commit 142d607).
+    # Rendering the truth reads the same layouts, and must not change a single training value.
     src = DemoSource(frame_size=32, clip_length=2, global_batch_size=4, epoch_size=16, seed=5)
     batches = [src.next_batch() for _ in range(5)]
     assert _sha(*(b[k] for b in batches for k in ("A", "B"))) == (
-        "dd7fa0af359cc8e032af1471bbe95bb782b687be739cbad501b6900e3574df8e"
+        "793452f9f32915cf89a38ff98438bc2a2abc45b010cb83da7548324acb56888c"
     )
     idx = np.arange(3)
     assert _sha(infrared_clips(0, idx, 64, 1)) == (
-        "a7d526f62a64481a7834880738d27ce28753b7251e7bf02f6a098f01d633c9fa"
+        "b1ce0cc133b9d8c86b44c48f3e9dbe0c7e1c7abd29a7ac28e0c2382911d4be68"
     )
     assert _sha(visible_clips(0, idx, 64, 1)) == (
         "beed374c72d7360bf0b79afd9b01f6f1354b502852b558385e7ca07236421679"
@@ -143,6 +144,26 @@ def test_demo_vit_makes_the_structural_loss_see_the_layout():
     assert trained["truth"] < 0.5 * trained["truth shifted 8 px"]
 
 
+def test_the_truths_horizon_is_where_the_infrareds_cold_sky_ends():
+    from cptrans_jax.data.demo import infrared_layouts
+
+    idx = np.arange(40, 56)
+    p, _ = infrared_layouts(3, idx, 64, 1)
+    infrared = infrared_clips(3, idx, 64, 1)[:, 0, :, :, 0]
+    _, labels = paired_truth(3, idx, 64, 1)
+    # A row's median over columns ignores the few object pixels in it.
+    rows = np.median(infrared, axis=2)  # (n, S)
+    sky_rows = np.median(labels[:, 0], axis=2) == SKY
+    for i in range(len(idx)):
+        h = int(np.argmin(sky_rows[i]))  # the first row below the truth's horizon
+        assert h == int(np.ceil(p["horizon"][i] - 0.5)) and 16 <= h <= 29
+        assert sky_rows[i, :h].all() and not sky_rows[i, h:].any()
+        # The step there is the layout's sky_cold (0.12..0.20), far above the noise's 0.03.
+        step = rows[i, h] - rows[i, h - 1]
+        assert abs(step - p["sky_cold"][i]) < 0.03, (i, step, p["sky_cold"][i])
+        assert np.all(np.abs(np.diff(rows[i, : h - 1])) < 0.05)  # no other step in the sky
+
+
 def test_token_targets_are_patch_fractions():
     from cptrans_jax.demo_vit import token_targets
     from cptrans_jax.models import ViTConfig
@@ -152,11 +173,12 @@ def test_token_targets_are_patch_fractions():
     labels[0, :, :3] = OBJECT
     for config, g in ((ViTConfig(64, 8, 16, 6, 2, 32), 8), (ViTConfig(96, 16, 16, 6, 2, 32), 6)):
         t = token_targets(labels, config)  # as is, and resized to 96 (nearest)
-        assert t.shape == (1, g * g, 3)
+        assert t.shape == (1, g * g, 4)  # sky, verge, road (lane marks included), object
         np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
-        grid = t[0].reshape(g, g, 3)
-        assert np.all(grid[: g // 2, 1:, 0] == 1.0) and np.all(grid[g // 2 :, 1:, 1] == 1.0)
-        assert np.allclose(grid[:, 0, 2], 3 / (64 / g), atol=0.07)  # 3 px of a column of patches
+        grid = t[0].reshape(g, g, 4)
+        assert np.all(grid[: g // 2, 1:, 0] == 1.0) and np.all(grid[g // 2 :, 1:, 2] == 1.0)
+        assert np.allclose(grid[:, 0, 3], 3 / (64 / g), atol=0.07)  # 3 px of a column of patches
+        assert np.all(grid[..., 1] == 0.0)  # no verge drawn
 
 
 def test_demo_config_loads_the_demo_vit_it_was_made_for():

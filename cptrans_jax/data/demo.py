@@ -2,10 +2,10 @@
 
 It exists so the trainer, the checkpoint/resume path and multi-host sharding can be exercised
 anywhere without the real data sets. The scenes are crude but have the structure the method
-relies on: a night infrared domain (cool dark background, warmer road band, bright warm
-pedestrians and cars) and a day visible domain (sky gradient, gray road with lane dashes,
-green/brown verges, coloured cars), with objects that move a few pixels between consecutive
-frames so the temporal terms (CTN, ROMA motion) see real motion.
+relies on: a night infrared domain (cold sky above a horizon, cool ground, warmer road band,
+bright warm pedestrians and cars) and a day visible domain (sky gradient, gray road with lane
+dashes, green/brown verges, coloured cars), with objects that move a few pixels between
+consecutive frames so the temporal terms (CTN, ROMA motion) see real motion.
 
 Determinism: example k of domain d is a pure function of ``(seed, d, k, frame_size,
 clip_length)`` (its own ``np.random.default_rng([seed, d, k])``), so any step can be regenerated
@@ -92,11 +92,12 @@ def infrared_layouts(
     """The layouts of infrared examples ``indices`` and their sensor noise.
 
     Returns ``(p, noise)``: ``p`` maps a parameter name to an array over the examples — scalars
-    ``bg, grad, road_y, road_h, road_heat`` of shape (n,) and per-object slots ``active, box, x0,
-    cy, rx, ry, v, heat`` of shape (n, _IR_OBJECTS) (pixel units; x at frame t is ``x0 + v·t``)
-    — and ``noise`` is (n, T, S, S). :func:`infrared_clips` renders them; the evaluation-only
-    paired truth (:mod:`cptrans_jax.data.demo_truth`) renders the same layouts by day. The draw
-    order is part of the data set: changing it changes every training stream.
+    ``bg, grad, horizon, sky_cold, road_y, road_h, road_heat`` of shape (n,) and per-object
+    slots ``active, box, x0, cy, rx, ry, v, heat`` of shape (n, _IR_OBJECTS) (pixel units; x
+    at frame t is ``x0 + v·t``) — and ``noise`` is (n, T, S, S). :func:`infrared_clips`
+    renders them; the evaluation-only paired truth (:mod:`cptrans_jax.data.demo_truth`)
+    renders the same layouts by day. The draw order is part of the data set: changing it
+    changes every training stream (the horizon is drawn last, so adding it changed no other).
     """
     S, T, n = frame_size, clip_length, len(indices)
     O = _IR_OBJECTS
@@ -105,6 +106,8 @@ def infrared_layouts(
         for k, shape in {
             "bg": (n,),
             "grad": (n,),
+            "horizon": (n,),
+            "sky_cold": (n,),
             "road_y": (n,),
             "road_h": (n,),
             "road_heat": (n,),
@@ -148,6 +151,11 @@ def infrared_layouts(
         p["v"][i] = speed * np.where(rng.random(O) < 0.5, -1.0, 1.0)
         p["heat"][i] = rng.uniform(0.35, 0.95, O)
         noise[i] = rng.standard_normal((T, S, S), dtype=np.float32)
+        # The horizon: the clear night sky is the coldest thing in long-wave infrared, a
+        # sharp step below the ground's emission. Drawn last so the other parameters keep
+        # their values; the same range as the day scenes' horizons, below the road's top.
+        p["horizon"][i] = min(rng.uniform(0.30, 0.45) * S, road_y - road_h - 2.0)
+        p["sky_cold"][i] = rng.uniform(0.12, 0.20)
     return p, noise
 
 
@@ -176,6 +184,7 @@ def infrared_clips(seed: int, indices: np.ndarray, frame_size: int, clip_length:
         return a[:, None, None, None]
 
     img = col(p["bg"]) + col(p["grad"]) * (yy / S)  # (n, 1, S, 1)
+    img = img - col(p["sky_cold"]) * (yy < col(p["horizon"]))
     road = (np.abs(yy - col(p["road_y"])) <= col(p["road_h"])).astype(np.float32)
     img = np.broadcast_to(img + col(p["road_heat"]) * road, (n, T, S, S)).copy()
     for o in range(_IR_OBJECTS):

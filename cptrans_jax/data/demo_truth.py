@@ -6,12 +6,11 @@ this module renders, for an infrared example, the *daytime visible scene of the 
 its road band where the infrared road is, its cars and pedestrians where the warm objects are —
 and the label map of that scene. Nothing here is read by training.
 
-What the infrared does not show is fixed at the day domain's mean, the same for every scene:
-the infrared has no horizon (its background is a smooth vertical gradient), so the truth's
-horizon is the day domain's mean horizon (0.375·S); colours are the day domain's mean sky,
-verge and asphalt; cars are red and pedestrians yellow (the infrared carries no colour); the
-lane dashes follow the day scenes' rule (a static dashed centre line). The truth has no sensor
-noise and no trees (the infrared layouts have none).
+The truth's horizon is the infrared's (its cold sky ends there). What the infrared does not
+show is fixed at the day domain's mean, the same for every scene: colours are the day domain's
+mean sky, verge and asphalt; cars are red and pedestrians yellow (the infrared carries no
+colour); the lane dashes follow the day scenes' rule (a static dashed centre line). The truth
+has no sensor noise and no trees (the infrared layouts have none).
 
 Labels (``LABELS``): 0 sky, 1 verge, 2 road, 3 lane mark, 4 object.
 """
@@ -25,10 +24,8 @@ from cptrans_jax.data.demo import _IR_OBJECTS, _grid, infrared_layouts, object_r
 LABELS = ("sky", "verge", "road", "lane mark", "object")
 SKY, VERGE, ROAD, LANE, OBJECT = range(len(LABELS))
 
-# Where the truth puts what the infrared cannot show: the day domain's means
-# (visible_clips: horizon U(0.30, 0.45)·S, sky colours, a 50/50 green/brown verge, asphalt
-# U(0.33, 0.50)). Colours in [0, 1] RGB.
-HORIZON = 0.375
+# What the infrared cannot show, at the day domain's means (visible_clips: sky colours, a 50/50
+# green/brown verge, asphalt U(0.33, 0.50)). Colours in [0, 1] RGB.
 SKY_TOP = np.array([0.20, 0.40, 0.80], np.float32)
 SKY_LOW = np.array([0.71, 0.81, 0.94], np.float32)
 VERGE_RGB = np.array([0.41, 0.475, 0.23], np.float32)
@@ -56,7 +53,8 @@ def paired_truth(
     def col(a: np.ndarray) -> np.ndarray:  # (n,) -> (n, 1, 1, 1)
         return a[:, None, None, None]
 
-    label = np.where(yy < HORIZON * S, np.int8(SKY), np.int8(VERGE))  # (S, 1)
+    horizon = col(p["horizon"])  # (n, 1, 1, 1)
+    label = np.where(yy < horizon, np.int8(SKY), np.int8(VERGE))  # (n, 1, S, 1)
     label = np.broadcast_to(label, (n, 1, S, S))
     road_dist = np.abs(yy - col(p["road_y"]))  # (n, 1, S, 1)
     label = np.where(road_dist <= col(p["road_h"]), np.int8(ROAD), label)
@@ -71,8 +69,8 @@ def paired_truth(
         label = np.where(inside, np.int8(OBJECT), label)
         is_car = np.where(inside, col(p["box"][:, o]) > 0, is_car)
 
-    a = np.clip(yy / (HORIZON * S), 0.0, 1.0)[..., None]  # (S, 1, 1)
-    sky = (1 - a) * SKY_TOP + a * SKY_LOW
+    a = np.clip(yy / horizon, 0.0, 1.0)[..., None]  # (n, 1, S, 1, 1)
+    sky = (1 - a) * SKY_TOP + a * SKY_LOW  # the day scenes' gradient, zenith to horizon
     rgb = np.where((label == SKY)[..., None], sky, 0.0).astype(np.float32)
     for k, colour in ((VERGE, VERGE_RGB), (ROAD, ASPHALT_RGB), (LANE, LANE_RGB)):
         rgb = np.where((label == k)[..., None], colour, rgb)
