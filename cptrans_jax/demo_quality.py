@@ -2,7 +2,7 @@
 
 Command line::
 
-    python -m cptrans_jax.demo_quality WORKDIR [--scenes 64] [--json OUT]
+    python -m cptrans_jax.demo_quality WORKDIR [--scenes 64] [--json OUT] [--confusion]
     python -m cptrans_jax.evaluate --demo WORKDIR [--scenes 64] [--json OUT]   # the same
 
 ``WORKDIR`` is a demo training run (``configs/demo.py``; or one of its
@@ -22,7 +22,9 @@ seen by training). Printed:
 (c) **L1** (mean absolute error in [0, 1] RGB) and **PSNR** (dB, mean over scenes, peak 1) of
     the translation and of the baseline to the paired day rendering.
 
-A translation keeps the layout when (a) is well above (b).
+A translation keeps the layout when (a) is well above (b). ``--confusion`` also prints, for the
+translation, which class each truth class's pixels were read as (rows: truth; percentages of
+the row), the figures that say where a score is lost; the JSON always has the pixel counts.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ def layout_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, fl
     return float(np.mean(present)), per_class
 
 
+def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(len(LABELS), len(LABELS)) int64 pixel counts: row = truth class, column = read class."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"label maps differ in shape: {pred.shape} vs {truth.shape}")
+    k = len(LABELS)
+    pairs = truth.astype(np.int64).ravel() * k + pred.astype(np.int64).ravel()
+    return np.bincount(pairs, minlength=k * k).reshape(k, k)
+
+
 def pixel_errors(frames: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(L1 in [0, 1] units, PSNR in dB with peak 1, mean over images) of (N, H, W, 3) frames."""
     diff = (np.asarray(frames, np.float64) - np.asarray(truth, np.float64)) / 2.0
@@ -127,9 +139,11 @@ def mean_day_frame(seed: int, frame_size: int, num_scenes: int = BASELINE_SCENES
 
 def score(frames: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The layout score and pixel errors of translations (N, S, S, 3) against the truth."""
-    miou, per_class = layout_iou(read_labels(frames), labels)
+    read = read_labels(frames)
+    miou, per_class = layout_iou(read, labels)
     l1, psnr = pixel_errors(frames, truth)
-    return {"miou": miou, "iou": per_class, "l1": l1, "psnr": psnr}
+    counts = confusion(read, labels).tolist()
+    return {"miou": miou, "iou": per_class, "l1": l1, "psnr": psnr, "confusion": counts}
 
 
 def _demo_config(workdir: str) -> dict:
@@ -205,7 +219,20 @@ def evaluate_demo(workdir: str, num_scenes: int = 64, batch_size: int = 16) -> d
     return {"checkpoint": description, **score_translator(translate, seed, size, num_scenes)}
 
 
-def format_report(result: dict[str, Any]) -> str:
+def format_confusion(counts: Sequence[Sequence[int]]) -> str:
+    """The confusion matrix as text: a row per truth class, its pixels' read classes in %."""
+    counts = np.asarray(counts, np.int64)
+    width = max(len(k) for k in LABELS)
+    head = "truth: pixels"
+    lines = [f"{head:>{width + 9}} " + " ".join(f"{k:>9}" for k in LABELS)]
+    for name, row in zip(LABELS, counts, strict=True):
+        total = int(row.sum())
+        cells = (f"{100 * c / total:8.1f}%" if total else f"{'-':>9}" for c in row)
+        lines.append(f"{name:>{width}} {total:8d} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def format_report(result: dict[str, Any], with_confusion: bool = False) -> str:
     def line(name: str, s: dict[str, Any]) -> str:
         classes = " ".join(f"{k}={'-' if v is None else f'{v:.3f}'}" for k, v in s["iou"].items())
         return (
@@ -215,15 +242,17 @@ def format_report(result: dict[str, Any]) -> str:
 
     t, b = result["translation"], result["baseline"]
     ratio = t["miou"] / b["miou"] if b["miou"] > 0 else float("inf")
-    return "\n".join(
-        [
-            f"demo quality of {result['checkpoint']} on {result['scenes']} held-out scenes "
-            f"({result['frame_size']}×{result['frame_size']})",
-            line("translation", t),
-            line("baseline (mean day frame)", b),
-            f"layout mIoU ratio translation/baseline: {ratio:.2f}",
-        ]
-    )
+    lines = [
+        f"demo quality of {result['checkpoint']} on {result['scenes']} held-out scenes "
+        f"({result['frame_size']}×{result['frame_size']})",
+        line("translation", t),
+        line("baseline (mean day frame)", b),
+        f"layout mIoU ratio translation/baseline: {ratio:.2f}",
+    ]
+    if with_confusion:
+        lines += ["translation's pixels by truth class (pixels, then % read as):"]
+        lines += [format_confusion(t["confusion"])]
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -234,6 +263,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("workdir", help="a demo training work directory (configs/demo.py)")
     p.add_argument("--scenes", type=int, default=64, help="held-out scenes (default 64)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument(
+        "--confusion",
+        action="store_true",
+        help="also print which class each truth class's pixels were read as",
+    )
     return p
 
 
@@ -241,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # GeneratorCheckpointError is a ValueError: a message, not a traceback.
     return run_report(
-        lambda: evaluate_demo(args.workdir, args.scenes), format_report, json_path=args.json
+        lambda: evaluate_demo(args.workdir, args.scenes),
+        lambda result: format_report(result, args.confusion),
+        json_path=args.json,
     )
 
 

@@ -85,10 +85,33 @@ def test_a_constant_translation_scores_the_baseline():
     t, b = result["translation"], result["baseline"]
     assert t["miou"] == pytest.approx(b["miou"]) and t["l1"] == pytest.approx(b["l1"], rel=1e-3)
     # The baseline knows the day domain's average layout, not this scene's: no objects, a far
-    # from perfect road, but the sky (whose horizon the infrared does not show) mostly right.
+    # from perfect road, but the sky (every horizon is near the mean one) mostly right.
     assert b["iou"]["object"] < 0.05 and b["iou"]["road"] < 0.6 and b["iou"]["sky"] > 0.7
     assert 0.25 < b["miou"] < 0.5
     assert "lane mark" in dq.format_report({"checkpoint": "x", **result})
+    assert "read as" not in dq.format_report({"checkpoint": "x", **result})
+    assert "read as" in dq.format_report({"checkpoint": "x", **result}, with_confusion=True)
+    assert np.sum(t["confusion"]) == 8 * S * S  # every pixel of the 8 scenes, once
+
+
+def test_confusion_counts_truth_rows_against_read_columns():
+    truth = np.array([[SKY, SKY, ROAD, ROAD], [OBJECT, OBJECT, OBJECT, LANE]])
+    pred = np.array([[SKY, ROAD, ROAD, ROAD], [OBJECT, ROAD, OBJECT, ROAD]])
+    c = dq.confusion(pred, truth)
+    assert c.shape == (len(LABELS), len(LABELS)) and c.sum() == truth.size
+    assert c[SKY, SKY] == 1 and c[SKY, ROAD] == 1 and c[ROAD, ROAD] == 2
+    assert c[OBJECT, OBJECT] == 2 and c[OBJECT, ROAD] == 1 and c[LANE, ROAD] == 1
+    # The diagonal over (row + column - diagonal) is layout_iou's per-class IoU.
+    _, iou = dq.layout_iou(pred, truth)
+    for k, name in enumerate(LABELS):
+        union = c[k].sum() + c[:, k].sum() - c[k, k]
+        assert (iou[name] is None) == (union == 0)
+        if union:
+            assert iou[name] == pytest.approx(c[k, k] / union)
+    text = dq.format_confusion(c)
+    assert "66.7%" in text.splitlines()[1 + OBJECT]  # 2 of the 3 object pixels
+    with pytest.raises(ValueError, match="differ in shape"):
+        dq.confusion(pred[:1], truth)
 
 
 def test_layout_iou_pools_pixels_and_skips_absent_classes():
