@@ -85,23 +85,6 @@ def read_labels(frames: np.ndarray) -> np.ndarray:
     return classes[np.argmin(d2, axis=-1)]
 
 
-def layout_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float | None]]:
-    """(mIoU, IoU per class) of label maps of the same shape, pooled over all their pixels.
-
-    A class absent from both has no IoU (``None``) and is left out of the mean.
-    """
-    pred, truth = np.asarray(pred), np.asarray(truth)
-    if pred.shape != truth.shape:
-        raise ValueError(f"label maps differ in shape: {pred.shape} vs {truth.shape}")
-    per_class: dict[str, float | None] = {}
-    for k, name in enumerate(LABELS):
-        p, t = pred == k, truth == k
-        union = int(np.count_nonzero(p | t))
-        per_class[name] = None if union == 0 else np.count_nonzero(p & t) / union
-    present = [v for v in per_class.values() if v is not None]
-    return float(np.mean(present)), per_class
-
-
 def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(len(LABELS), len(LABELS)) int64 pixel counts: row = truth class, column = read class."""
     pred, truth = np.asarray(pred), np.asarray(truth)
@@ -110,6 +93,26 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     k = len(LABELS)
     pairs = truth.astype(np.int64).ravel() * k + pred.astype(np.int64).ravel()
     return np.bincount(pairs, minlength=k * k).reshape(k, k)
+
+
+def layout_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float | None]]:
+    """(mIoU, IoU per class) of label maps of the same shape, pooled over all their pixels.
+
+    A class absent from both has no IoU (``None``) and is left out of the mean.
+    """
+    return iou_from_confusion(confusion(pred, truth))
+
+
+def iou_from_confusion(counts: np.ndarray) -> tuple[float, dict[str, float | None]]:
+    """:func:`layout_iou` from a :func:`confusion` matrix: per class, the diagonal over the
+    union (its row plus its column less the diagonal)."""
+    counts = np.asarray(counts, np.int64)
+    per_class: dict[str, float | None] = {}
+    for k, name in enumerate(LABELS):
+        union = int(counts[k].sum() + counts[:, k].sum() - counts[k, k])
+        per_class[name] = None if union == 0 else int(counts[k, k]) / union
+    present = [v for v in per_class.values() if v is not None]
+    return float(np.mean(present)), per_class
 
 
 def pixel_errors(frames: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -139,11 +142,10 @@ def mean_day_frame(seed: int, frame_size: int, num_scenes: int = BASELINE_SCENES
 
 def score(frames: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The layout score and pixel errors of translations (N, S, S, 3) against the truth."""
-    read = read_labels(frames)
-    miou, per_class = layout_iou(read, labels)
+    counts = confusion(read_labels(frames), labels)  # one pass over the pixels for both
+    miou, per_class = iou_from_confusion(counts)
     l1, psnr = pixel_errors(frames, truth)
-    counts = confusion(read, labels).tolist()
-    return {"miou": miou, "iou": per_class, "l1": l1, "psnr": psnr, "confusion": counts}
+    return {"miou": miou, "iou": per_class, "l1": l1, "psnr": psnr, "confusion": counts.tolist()}
 
 
 def _demo_config(workdir: str) -> dict:
