@@ -2,7 +2,7 @@
 
     python -m cptrans_jax.train --config configs/demo.py --workdir runs/demo
 
-Trains CPTrans (CO + CTN) for 3,072 steps (under 5 minutes on an idle 2-core CPU) with a frozen
+Trains CPTrans (CO + CTN) for 2,048 steps (about 4 minutes on an idle 2-core CPU) with a frozen
 6-block ViT loaded from ``configs/demo_vit.npz`` — the demo's stand-in for the ViT-B/16-384
 weights of the real runs, pretrained to tell background, road and objects apart on the demo's
 unpaired training scenes (``python -m cptrans_jax.demo_vit --out configs/demo_vit.npz`` remakes
@@ -49,11 +49,15 @@ def get_config(arg: str | None = None):
     c.objective.ctn_sigma = 2.0
     c.optim.g_lr = 2e-4  # tiny networks from scratch learn at the usual GAN rate
     c.optim.d_lr = 2e-4
-    c.optim.constant_epochs = 4  # 3072 steps in all: 288 s on an idle 2-core CPU
+    c.optim.constant_epochs = 2  # 2,048 steps in all: about 4 min on an idle 2-core CPU
     c.optim.decay_epochs = 2
-    # Both cores of a 2-core laptop: one XLA:CPU device left one idle (338 s for the 3,072
-    # steps; 288 s on 2 devices, idle machine). The same math, summed in another order.
-    c.train.cpu_devices = 2
+    # This G (ngf 16 at 64², batch 2) is faster with XLA:CPU's own convolutions than with the
+    # im2col matmuls that train.conv_impl="auto" picks on CPUs: forward + backward 44 against
+    # 76 ms on the idle 2-core machine (2026-12-03), and 300–400-step demo runs went at 10.3
+    # against 7.6–8.0 it/s. One XLA:CPU device (both cores on each op) beat the batch split
+    # over two devices here: 10.3 against 8.6 it/s.
+    c.train.conv_impl = "lax"
+    c.train.cpu_devices = 0
     c.train.log_every = 100
     c.train.sample_every = 500
     c.train.checkpoint_every = 500

@@ -9,9 +9,14 @@ layout, so it pulls G towards input-independent output (README, "the demo"; meas
 which may not download anything, uses the weights this module makes.
 
 How: the demo ViT (``configs/demo.py``) is trained for a few hundred Adam steps, with a linear
-head on the normed tokens of the loss layers (1, 3, 5), to say for each patch which fraction of
-it is sky, verge, road or object — on the demo's *training* scenes of both domains, each with
-its own layout's labels (the infrared's from its layout, the visible's from theirs). No pair of
+head on the normed tokens of the loss layers (1, 3, 5), to say for each 2×2-px cell of its
+patch (``CELLS`` = 4 cells a side of the 8-px patch) which fraction of it is sky, verge, road or
+object — on the demo's *training* scenes of both domains, each with its own layout's labels
+(the infrared's from its layout, the visible's from theirs). The cells are why: a token that
+must say where in its patch a boundary lies changes when the boundary moves within the patch,
+so the structural loss and the discriminator (which reads the last layer's tokens) see
+structure finer than a patch (``--cells 1``, the fraction of the whole patch, was the first
+demo ViT's target; README, "the demo", compares the two). No pair of
 scenes is ever shown together, and none of the held-out scenes the layout score uses. Like an
 ImageNet-pretrained ViT, it knows the classes, not the translation.
 
@@ -45,6 +50,8 @@ Params = Any
 COARSE = np.array([0, 1, 2, 2, 3], np.int64)
 CLASSES = int(COARSE.max()) + 1
 LAYERS = (1, 3, 5)
+CELLS = 4
+COLOUR_WEIGHT = 1.0
 
 
 def demo_vit_config() -> ViTConfig:
@@ -55,32 +62,51 @@ def demo_vit_config() -> ViTConfig:
     )
 
 
-def token_targets(labels: np.ndarray, config: ViTConfig) -> np.ndarray:
-    """(n, grid², 4) fraction of each ViT patch covered by sky, verge, road and object.
+def token_targets(labels: np.ndarray, config: ViTConfig, cells: int = 1) -> np.ndarray:
+    """(n, grid², cells², 4) fraction of each of the cells × cells squares of each ViT patch
+    covered by sky, verge, road and object (``cells=1``: of the whole patch).
 
     ``labels`` (n, S, S) are ``demo_truth.LABELS``; when S is not the ViT's input size they are
     brought to it by nearest-neighbour resampling (the frames by bilinear, which moves no
-    boundary by more than half an input pixel).
+    boundary by more than half an input pixel). ``cells`` must divide the patch size.
     """
     n, s = labels.shape[0], labels.shape[1]
     size, p, g = config.image_size, config.patch_size, config.grid
+    if cells < 1 or p % cells:
+        raise ValueError(f"cells must divide the patch size {p}, got {cells}")
+    q = p // cells
     pick = np.minimum(((np.arange(size) + 0.5) * s / size).astype(np.int64), s - 1)
     onehot = np.eye(CLASSES, dtype=np.float32)[COARSE[labels[:, pick][:, :, pick]]]
-    return onehot.reshape(n, g, p, g, p, CLASSES).mean(axis=(2, 4)).reshape(n, g * g, CLASSES)
+    # (n, patch row, cell row, pixel, patch col, cell col, pixel, class)
+    frac = onehot.reshape(n, g, cells, q, g, cells, q, CLASSES).mean(axis=(3, 6))
+    return frac.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, cells * cells, CLASSES)
+
+
+def cell_colours(frames: np.ndarray, config: ViTConfig, cells: int) -> np.ndarray:
+    """(n, grid², cells², 3) mean colour of each cell of each ViT patch of (n, S, S, 3) frames
+    at the ViT's input size S."""
+    n, s = frames.shape[0], frames.shape[1]
+    p, g = config.patch_size, config.grid
+    if s != config.image_size or cells < 1 or p % cells:
+        raise ValueError(f"cell_colours needs {config.image_size}-px frames, cells | {p}")
+    q = p // cells
+    mean = np.asarray(frames, np.float32).reshape(n, g, cells, q, g, cells, q, 3).mean((3, 6))
+    return mean.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, cells * cells, 3)
 
 
 def training_set(
-    config: ViTConfig, seed: int, frame_size: int, scenes: int
-) -> tuple[np.ndarray, np.ndarray]:
+    config: ViTConfig, seed: int, frame_size: int, scenes: int, cells: int = CELLS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames (2·scenes, S, S, 3) — infrared then visible training examples 0..scenes−1 of data
-    set ``seed`` — and their patch targets (2·scenes, grid², 4)."""
+    set ``seed`` — their cell class targets (2·scenes, grid², cells², 4) and cell colours
+    (2·scenes, grid², cells², 3)."""
     idx = np.arange(scenes)
     infrared = infrared_clips(seed, idx, frame_size, 1)[:, 0]
     _, ir_labels = paired_truth(seed, idx, frame_size, 1)  # the infrared's own layout
     visible, vis_labels = visible_labels(seed, idx, frame_size, 1)
     frames = np.concatenate([infrared, visible[:, 0]])
     labels = np.concatenate([ir_labels[:, 0], vis_labels[:, 0]])
-    return frames, token_targets(labels, config)
+    return frames, token_targets(labels, config, cells), cell_colours(frames, config, cells)
 
 
 def pretrain(
@@ -92,6 +118,8 @@ def pretrain(
     steps: int = 400,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
+    cells: int = CELLS,
+    colour_weight: float = COLOUR_WEIGHT,
 ) -> Params:
     """The demo ViT's params after ``steps`` Adam steps of patch classification (module
     docstring); deterministic in its arguments."""
@@ -99,24 +127,38 @@ def pretrain(
     if max(LAYERS) >= config.depth:
         raise ValueError(f"the demo ViT needs depth > {max(LAYERS)}, got {config.depth}")
     vit = FeatureViT(config)
-    frames, targets = training_set(config, seed, frame_size, scenes)
+    frames, targets, colours = training_set(config, seed, frame_size, scenes, cells)
     init = vit.init(jax.random.key(seed), jnp.asarray(frames[:1]), (config.depth - 1,))
-    head = {"w": jnp.zeros((config.width, CLASSES)), "b": jnp.zeros(CLASSES)}
+    k = cells * cells
+    head = {
+        "w": jnp.zeros((config.width, k * CLASSES)),
+        "b": jnp.zeros(k * CLASSES),
+        "wc": jnp.zeros((config.width, k * 3)),
+        "bc": jnp.zeros(k * 3),
+    }
     params = {"vit": init["params"], "head": head}
     opt = optax.adam(learning_rate)
 
-    def loss_fn(p: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+    def loss_fn(p: Params, x: jax.Array, y: jax.Array, rgb: jax.Array) -> jax.Array:
         tokens = vit.apply({"params": p["vit"]}, x, LAYERS)
-        # One head for all three layers: each must say what its patch is.
-        ce = [
-            -jnp.sum(y * jax.nn.log_softmax(t @ p["head"]["w"] + p["head"]["b"]), -1)
-            for t in tokens
-        ]
-        return jnp.mean(jnp.stack(ce))
+
+        # One head for all three layers: each must say what each cell of its patch is, and
+        # (colour_weight) its mean colour.
+        def logits(t: jax.Array) -> jax.Array:  # (B, grid², cells², classes)
+            return (t @ p["head"]["w"] + p["head"]["b"]).reshape(y.shape)
+
+        def colour(t: jax.Array) -> jax.Array:  # (B, grid², cells², 3)
+            return (t @ p["head"]["wc"] + p["head"]["bc"]).reshape(rgb.shape)
+
+        ce = [-jnp.sum(y * jax.nn.log_softmax(logits(t)), -1) for t in tokens]
+        se = [jnp.sum(jnp.square(colour(t) - rgb), -1) for t in tokens]
+        return jnp.mean(jnp.stack(ce)) + colour_weight * jnp.mean(jnp.stack(se))
 
     @jax.jit
-    def step(p: Params, state: Any, x: jax.Array, y: jax.Array) -> tuple[Params, Any, jax.Array]:
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+    def step(
+        p: Params, state: Any, x: jax.Array, y: jax.Array, rgb: jax.Array
+    ) -> tuple[Params, Any, jax.Array]:
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, rgb)
         updates, state = opt.update(grads, state, p)
         return optax.apply_updates(p, updates), state, loss
 
@@ -127,7 +169,7 @@ def pretrain(
     )
     for s in range(steps):
         b = rows[s * batch_size : (s + 1) * batch_size]
-        params, state, _ = step(params, state, frames[b], targets[b])
+        params, state, _ = step(params, state, frames[b], targets[b], colours[b])
     return jax.device_get(params["vit"])
 
 
@@ -142,7 +184,8 @@ def save_npz(params: Params, path: str) -> None:
 
 def cs_check(params: Params, config: ViTConfig, seed: int = 0, scenes: int = 16) -> dict:
     """L_cs (mean over the loss layers) between held-out infrared scenes and: their paired
-    truth, the mean day frame, another scene's truth, their truth shifted down 8 rows."""
+    truth, the mean day frame, another scene's truth, their truth shifted down 8 rows, their truth
+    blurred (what an undecided G paints: the layout in place, its edges soft)."""
     from cptrans_jax import demo_quality as dq
     from cptrans_jax.losses.similarity import global_cs_loss
 
@@ -152,6 +195,7 @@ def cs_check(params: Params, config: ViTConfig, seed: int = 0, scenes: int = 16)
         "mean day frame": np.broadcast_to(dq.mean_day_frame(seed, 64, 64), truth.shape),
         "another scene's truth": np.roll(truth, 1, axis=0),
         "truth shifted 8 px": np.roll(truth, 8, axis=1),
+        "truth blurred (σ 1.5 px)": _blur(truth, 1.5),
     }
     frames = jnp.asarray(np.stack([infrared, *outputs.values()]))  # one batch, one compile
     tokens = _tokens_fn(config)(params, frames.reshape(-1, *frames.shape[2:]))
@@ -160,6 +204,21 @@ def cs_check(params: Params, config: ViTConfig, seed: int = 0, scenes: int = 16)
         k: float(global_cs_loss([t[0] for t in tokens], [t[i + 1] for t in tokens]))
         for i, k in enumerate(outputs)
     }
+
+
+def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of (n, S, S, C) frames over rows and columns, edges replicated."""
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = np.asarray(frames, np.float32)
+    for axis in (1, 2):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+    return out.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=4)
@@ -179,10 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print L_cs of truth vs wrong outputs under NPZ (no NPZ: a random ViT)",
     )
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument(
+        "--cells", type=int, default=CELLS, help="target cells per patch side (1: whole patch)"
+    )
+    p.add_argument(
+        "--colour_weight",
+        type=float,
+        default=COLOUR_WEIGHT,
+        help="weight of the cells' mean-colour target (0: classes only)",
+    )
     args = p.parse_args(argv)
     config = demo_vit_config()
     if args.out:
-        save_npz(pretrain(config, steps=args.steps), args.out)
+        params = pretrain(
+            config, steps=args.steps, cells=args.cells, colour_weight=args.colour_weight
+        )
+        save_npz(params, args.out)
         print(f"wrote {args.out}")
     if args.check is not None:
         from cptrans_jax.convert import init_vit_params, load_vit_params

@@ -196,12 +196,55 @@ def test_token_targets_are_patch_fractions():
     labels[0, :, :3] = OBJECT
     for config, g in ((ViTConfig(64, 8, 16, 6, 2, 32), 8), (ViTConfig(96, 16, 16, 6, 2, 32), 6)):
         t = token_targets(labels, config)  # as is, and resized to 96 (nearest)
-        assert t.shape == (1, g * g, 4)  # sky, verge, road (lane marks included), object
+        assert t.shape == (1, g * g, 1, 4)  # sky, verge, road (lane marks included), object
         np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
-        grid = t[0].reshape(g, g, 4)
+        grid = t[0, :, 0].reshape(g, g, 4)
         assert np.all(grid[: g // 2, 1:, 0] == 1.0) and np.all(grid[g // 2 :, 1:, 2] == 1.0)
         assert np.allclose(grid[:, 0, 3], 3 / (64 / g), atol=0.07)  # 3 px of a column of patches
         assert np.all(grid[..., 1] == 0.0)  # no verge drawn
+
+
+def test_token_targets_in_cells_say_where_in_the_patch():
+    from cptrans_jax.demo_vit import token_targets
+    from cptrans_jax.models import ViTConfig
+
+    labels = np.zeros((1, 64, 64), np.int64)
+    labels[0, 34:] = ROAD  # 2 px into the fifth row of patches
+    labels[0, :, :3] = OBJECT  # 3 px into the first column of patches
+    t = token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32), cells=4)
+    assert t.shape == (1, 64, 16, 4)
+    np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+    # Patch (4, 1): its top row of 2-px cells is sky, the three below road.
+    cells = t[0, 4 * 8 + 1].reshape(4, 4, 4)
+    assert np.all(cells[0, :, 0] == 1.0) and np.all(cells[1:, :, 2] == 1.0)
+    # Patch (0, 0): the first cell column is all object, the second half object (column 2).
+    cells = t[0, 0].reshape(4, 4, 4)
+    assert np.all(cells[:, 0, 3] == 1.0) and np.all(cells[:, 1, 3] == 0.5)
+    assert np.all(cells[:, 2:, 3] == 0.0)
+    # Averaged over its cells a patch's target is the whole patch's fraction.
+    whole = token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32))
+    np.testing.assert_allclose(t.mean(axis=2), whole[:, :, 0], rtol=1e-6)
+    with pytest.raises(ValueError, match="cells must divide the patch size 8"):
+        token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32), cells=3)
+
+
+def test_cell_colours_are_the_mean_colour_of_each_cell():
+    from cptrans_jax.demo_vit import cell_colours
+    from cptrans_jax.models import ViTConfig
+
+    config = ViTConfig(64, 8, 16, 6, 2, 32)
+    frames = np.zeros((1, 64, 64, 3), np.float32)
+    frames[0, :, 9, 0] = 1.0  # red in column 9: the second pixel of cell 0 of patch column 1
+    frames[0, 60:, :, 2] = -1.0  # blue off in the last 4 rows: the bottom 2 cell rows
+    c = cell_colours(frames, config, cells=4)
+    assert c.shape == (1, 64, 16, 3)
+    cells = c[0].reshape(8, 8, 4, 4, 3)  # patch row, patch col, cell row, cell col, RGB
+    assert np.all(cells[:, 1, :, 0, 0] == 0.5) and np.all(cells[:, 1, :, 1:, 0] == 0.0)
+    assert np.all(cells[:, [0, *range(2, 8)], :, :, 0] == 0.0)
+    assert np.all(cells[7, :, 2:, :, 2] == -1.0) and np.all(cells[7, :, :2, :, 2] == 0.0)
+    assert np.all(cells[:7, :, :, :, 2] == 0.0)
+    with pytest.raises(ValueError, match="64-px frames"):
+        cell_colours(frames[:, :32, :32], config, cells=4)
 
 
 def test_demo_config_loads_the_demo_vit_it_was_made_for():
