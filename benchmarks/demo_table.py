@@ -1,6 +1,6 @@
 """A toy Table 1 with ground truth: CPTrans, its ablations and ROMA trained on the demo data.
 
-Every row is the README's demo training (``configs/demo.py``, 3,072 steps) with one variant,
+Every row is the README's demo training (``configs/demo.py``, 2,048 steps) with one variant,
 run once per seed (``--config.train.seed``: the networks' initialisation and every step's
 randomness; the data set, ``data.seed``, is the same for all), and scored by
 ``python -m cptrans_jax.demo_quality`` on the held-out scenes against their paired day truth.

@@ -73,8 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.num_devices = 0  # 0 = every device of every process
     # CPU devices JAX makes of this host when the run trains on CPUs (jax_num_cpu_devices; set
-    # by train.py before JAX starts). 0 = JAX's default, one. One XLA:CPU device leaves cores
-    # idle on a tiny network; the demo splits its batch over 2 (data parallel, the same math).
+    # by train.py before JAX starts). 0 = JAX's default, one. Several split the batch (data
+    # parallel, the same math); whether that beats one device using every core depends on the
+    # network and the machine (the demo's G ran faster on one: configs/demo.py).
     c.train.cpu_devices = 0
     c.train.log_every = 50
     c.train.sample_every = 500  # image grids to TensorBoard and <workdir>/samples/

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from cptrans_jax.cli import run_report
-from cptrans_jax.data.demo import visible_clips
+from cptrans_jax.data.demo_scenes import visible_clips
 from cptrans_jax.data.demo_truth import LABELS, LANE, OBJECT, ROAD, SKY, VERGE, paired_truth
 
 # Held-out example indices start here: training step s reads examples [s·G, (s+1)·G), so no
@@ -48,7 +48,7 @@ HELD_OUT = 1 << 40
 BASELINE_SCENES = 256  # day scenes averaged into the baseline frame
 
 # The readout palette ([0, 1] RGB, class): the day domain's own colours — sky, verge, asphalt,
-# lane paint and the seven car colours (data/demo.py's palette) plus windows. On the day domain's
+# lane paint and the seven car colours (data/demo_scenes.py's palette) plus windows. On the day domain's
 # own labelled scenes (``demo_truth.visible_labels``) this rule reads mIoU ≈ 0.89: objects
 # whose colour is near a background's (a blue car near the zenith's blue) are its misses.
 PROTOTYPES: tuple[tuple[tuple[float, float, float], int], ...] = (
@@ -127,7 +127,7 @@ def held_out_scenes(
     seed: int, num_scenes: int, frame_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(infrared, truth frames, truth labels) of the held-out scenes: frame 0 of each."""
-    from cptrans_jax.data.demo import infrared_clips
+    from cptrans_jax.data.demo_scenes import infrared_clips
 
     idx = HELD_OUT + np.arange(num_scenes, dtype=np.int64)
     truth, labels = paired_truth(seed, idx, frame_size, 1)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cptrans_jax.data.demo import infrared_clips
+from cptrans_jax.data.demo_scenes import infrared_clips
 from cptrans_jax.data.demo_truth import paired_truth, visible_labels
 from cptrans_jax.models import FeatureViT, ViTConfig
 

@@ -168,7 +168,7 @@ def test_demo_vit_makes_the_structural_loss_see_the_layout():
 
 
 def test_the_truths_horizon_is_where_the_infrareds_cold_sky_ends():
-    from cptrans_jax.data.demo import infrared_layouts
+    from cptrans_jax.data.demo_scenes import infrared_layouts
 
     idx = np.arange(40, 56)
     p, _ = infrared_layouts(3, idx, 64, 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cptrans_jax.data.demo import _IR_OBJECTS, _grid, infrared_layouts, object_radius2
+from cptrans_jax.data.demo_scenes import _IR_OBJECTS, _grid, infrared_layouts, object_radius2
 
 LABELS = ("sky", "verge", "road", "lane mark", "object")
 SKY, VERGE, ROAD, LANE, OBJECT = range(len(LABELS))
@@ -85,7 +85,7 @@ def visible_labels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(clips, labels) of the *unpaired* visible examples ``indices`` (``visible_clips``'s
     frames and their own label map in ``LABELS``; trees count as verge)."""
-    from cptrans_jax.data.demo import _VIS_TREES, _visible
+    from cptrans_jax.data.demo_scenes import _VIS_TREES, _visible
 
     clips, painted, horizon = _visible(seed, np.asarray(indices), frame_size, clip_length)
     yy, _ = _grid(frame_size)
