@@ -11,12 +11,14 @@ which may not download anything, uses the weights this module makes.
 How: the demo ViT (``configs/demo.py``) is trained for a few hundred Adam steps, with a linear
 head on the normed tokens of the loss layers (1, 3, 5), to say for each 2×2-px cell of its
 patch (``CELLS`` = 4 cells a side of the 8-px patch) which fraction of it is sky, verge, road or
-object — on the demo's *training* scenes of both domains, each with its own layout's labels
-(the infrared's from its layout, the visible's from theirs). The cells are why: a token that
-must say where in its patch a boundary lies changes when the boundary moves within the patch,
-so the structural loss and the discriminator (which reads the last layer's tokens) see
-structure finer than a patch (``--cells 1``, the fraction of the whole patch, was the first
-demo ViT's target; README, "the demo", compares the two). No pair of
+object, and its mean colour — on the demo's *training* scenes of both domains, each with its
+own layout's labels (the infrared's from its layout, the visible's from theirs). The cells are
+why: a token that must say where in its patch a boundary lies changes when the boundary moves
+within the patch, so the structural loss and the discriminator (which reads the last layer's
+tokens) see structure finer than a patch. The colour is for the discriminator: tokens trained
+on classes alone say little about colour, and with them G painted the sky near the horizon
+pale pink in one seed of three. (``--cells 1 --colour_weight 0``, the fraction of the whole
+patch, was the first demo ViT's target; README, "the demo", compares them.) No pair of
 scenes is ever shown together, and none of the held-out scenes the layout score uses. Like an
 ImageNet-pretrained ViT, it knows the classes, not the translation.
 
@@ -121,8 +123,8 @@ def pretrain(
     cells: int = CELLS,
     colour_weight: float = COLOUR_WEIGHT,
 ) -> Params:
-    """The demo ViT's params after ``steps`` Adam steps of patch classification (module
-    docstring); deterministic in its arguments."""
+    """The demo ViT's params after ``steps`` Adam steps of cell classification and colour
+    (module docstring); deterministic in its arguments."""
     config = config or demo_vit_config()
     if max(LAYERS) >= config.depth:
         raise ValueError(f"the demo ViT needs depth > {max(LAYERS)}, got {config.depth}")
