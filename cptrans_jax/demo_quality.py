@@ -48,9 +48,9 @@ HELD_OUT = 1 << 40
 BASELINE_SCENES = 256  # day scenes averaged into the baseline frame
 
 # The readout palette ([0, 1] RGB, class): the day domain's own colours — sky, verge, asphalt,
-# lane paint and the seven car colours (data/demo_scenes.py's palette) plus windows. On the day domain's
-# own labelled scenes (``demo_truth.visible_labels``) this rule reads mIoU ≈ 0.89: objects
-# whose colour is near a background's (a blue car near the zenith's blue) are its misses.
+# lane paint and the seven car colours (data/demo_scenes.py's palette) plus windows. On the day
+# domain's own labelled scenes (``demo_truth.visible_labels``) this rule reads mIoU ≈ 0.89:
+# objects whose colour is near a background's (a blue car near the zenith's blue) are its misses.
 PROTOTYPES: tuple[tuple[tuple[float, float, float], int], ...] = (
     ((0.20, 0.40, 0.80), SKY),  # zenith
     ((0.455, 0.605, 0.87), SKY),
