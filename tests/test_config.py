@@ -113,9 +113,13 @@ def test_real_data_fields_are_checked():
 
 
 def test_conv_impl_auto_is_im2col_on_cpu_only():
+    assert config_lib.base_config().train.conv_impl == "auto"
     c = load("demo")
-    assert c.train.conv_impl == "auto"
+    # The demo forces the native convolution: faster for its tiny G on CPU (configs/demo.py).
+    assert c.train.conv_impl == "lax"
+    assert config_lib.build_networks(c, "cpu").generator.conv_impl == "lax"
+    c.train.conv_impl = "auto"
     for platform, impl in [("cpu", "im2col"), ("gpu", "lax"), ("tpu", "lax"), (None, "lax")]:
         assert config_lib.build_networks(c, platform).generator.conv_impl == impl
-    c.train.conv_impl = "lax"
-    assert config_lib.build_networks(c, "cpu").generator.conv_impl == "lax"
+    c.train.conv_impl = "im2col"
+    assert config_lib.build_networks(c, "tpu").generator.conv_impl == "im2col"
