@@ -64,7 +64,21 @@ def demo_vit_config() -> ViTConfig:
     )
 
 
-def token_targets(labels: np.ndarray, config: ViTConfig, cells: int = 1) -> np.ndarray:
+def _cell_means(x: np.ndarray, config: ViTConfig, cells: int) -> np.ndarray:
+    """(n, grid², cells², C) means of (n, S, S, C) ``x`` (S the ViT's input size) over each of
+    the cells × cells squares of each ViT patch, patches and cells in row-major order."""
+    n, p, g = x.shape[0], config.patch_size, config.grid
+    if x.shape[1:3] != (config.image_size, config.image_size):
+        raise ValueError(f"need {config.image_size}-px frames, got shape {x.shape}")
+    if cells < 1 or p % cells:
+        raise ValueError(f"cells must divide the patch size {p}, got {cells}")
+    q, c = p // cells, x.shape[-1]
+    # (n, patch row, cell row, pixel, patch col, cell col, pixel, channel)
+    mean = x.reshape(n, g, cells, q, g, cells, q, c).mean(axis=(3, 6))
+    return mean.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, cells * cells, c)
+
+
+def token_targets(labels: np.ndarray, config: ViTConfig, cells: int = CELLS) -> np.ndarray:
     """(n, grid², cells², 4) fraction of each of the cells × cells squares of each ViT patch
     covered by sky, verge, road and object (``cells=1``: of the whole patch).
 
@@ -72,28 +86,16 @@ def token_targets(labels: np.ndarray, config: ViTConfig, cells: int = 1) -> np.n
     brought to it by nearest-neighbour resampling (the frames by bilinear, which moves no
     boundary by more than half an input pixel). ``cells`` must divide the patch size.
     """
-    n, s = labels.shape[0], labels.shape[1]
-    size, p, g = config.image_size, config.patch_size, config.grid
-    if cells < 1 or p % cells:
-        raise ValueError(f"cells must divide the patch size {p}, got {cells}")
-    q = p // cells
+    s, size = labels.shape[1], config.image_size
     pick = np.minimum(((np.arange(size) + 0.5) * s / size).astype(np.int64), s - 1)
     onehot = np.eye(CLASSES, dtype=np.float32)[COARSE[labels[:, pick][:, :, pick]]]
-    # (n, patch row, cell row, pixel, patch col, cell col, pixel, class)
-    frac = onehot.reshape(n, g, cells, q, g, cells, q, CLASSES).mean(axis=(3, 6))
-    return frac.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, cells * cells, CLASSES)
+    return _cell_means(onehot, config, cells)
 
 
-def cell_colours(frames: np.ndarray, config: ViTConfig, cells: int) -> np.ndarray:
+def cell_colours(frames: np.ndarray, config: ViTConfig, cells: int = CELLS) -> np.ndarray:
     """(n, grid², cells², 3) mean colour of each cell of each ViT patch of (n, S, S, 3) frames
     at the ViT's input size S."""
-    n, s = frames.shape[0], frames.shape[1]
-    p, g = config.patch_size, config.grid
-    if s != config.image_size or cells < 1 or p % cells:
-        raise ValueError(f"cell_colours needs {config.image_size}-px frames, cells | {p}")
-    q = p // cells
-    mean = np.asarray(frames, np.float32).reshape(n, g, cells, q, g, cells, q, 3).mean((3, 6))
-    return mean.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, cells * cells, 3)
+    return _cell_means(np.asarray(frames, np.float32), config, cells)
 
 
 def training_set(

@@ -195,7 +195,7 @@ def test_token_targets_are_patch_fractions():
     labels[0, 32:] = ROAD
     labels[0, :, :3] = OBJECT
     for config, g in ((ViTConfig(64, 8, 16, 6, 2, 32), 8), (ViTConfig(96, 16, 16, 6, 2, 32), 6)):
-        t = token_targets(labels, config)  # as is, and resized to 96 (nearest)
+        t = token_targets(labels, config, cells=1)  # as is, and resized to 96 (nearest)
         assert t.shape == (1, g * g, 1, 4)  # sky, verge, road (lane marks included), object
         np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
         grid = t[0, :, 0].reshape(g, g, 4)
@@ -222,7 +222,7 @@ def test_token_targets_in_cells_say_where_in_the_patch():
     assert np.all(cells[:, 0, 3] == 1.0) and np.all(cells[:, 1, 3] == 0.5)
     assert np.all(cells[:, 2:, 3] == 0.0)
     # Averaged over its cells a patch's target is the whole patch's fraction.
-    whole = token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32))
+    whole = token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32), cells=1)
     np.testing.assert_allclose(t.mean(axis=2), whole[:, :, 0], rtol=1e-6)
     with pytest.raises(ValueError, match="cells must divide the patch size 8"):
         token_targets(labels, ViTConfig(64, 8, 16, 6, 2, 32), cells=3)
@@ -243,8 +243,23 @@ def test_cell_colours_are_the_mean_colour_of_each_cell():
     assert np.all(cells[:, [0, *range(2, 8)], :, :, 0] == 0.0)
     assert np.all(cells[7, :, 2:, :, 2] == -1.0) and np.all(cells[7, :, :2, :, 2] == 0.0)
     assert np.all(cells[:7, :, :, :, 2] == 0.0)
-    with pytest.raises(ValueError, match="64-px frames"):
+    with pytest.raises(ValueError, match="need 64-px frames"):
         cell_colours(frames[:, :32, :32], config, cells=4)
+
+
+def test_cs_check_blur_is_a_normalised_gaussian_with_replicated_edges():
+    from cptrans_jax.demo_vit import _blur
+
+    frames = np.zeros((1, 16, 16, 3), np.float32)
+    frames[:, :, 8:] = 1.0  # a vertical step between columns 7 and 8
+    out = _blur(frames, 1.5)
+    np.testing.assert_allclose(out[:, :, :2], 0.0, atol=1e-6)  # 6+ px from the step: untouched
+    np.testing.assert_allclose(out[:, :, -2:], 1.0, atol=1e-6)  # and the edges replicate
+    np.testing.assert_allclose(out[:, :, 7] + out[:, :, 8], 1.0, rtol=1e-6)  # symmetric step
+    # Column 8 gets the weight of the kernel's offsets 0..5 (radius ⌈3σ⌉ = 5), renormalised.
+    k = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+    np.testing.assert_allclose(out[0, 0, 8, 0], k[5:].sum() / k.sum(), rtol=1e-5)
+    assert np.all(np.diff(out[0, 0, :, 0]) >= 0)
 
 
 def test_demo_config_loads_the_demo_vit_it_was_made_for():
