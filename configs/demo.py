@@ -52,10 +52,10 @@ def get_config(arg: str | None = None):
     c.optim.constant_epochs = 2  # 2,048 steps in all: about 4 min on an idle 2-core CPU
     c.optim.decay_epochs = 2
     # This G (ngf 16 at 64², batch 2) is faster with XLA:CPU's own convolutions than with the
-    # im2col matmuls that train.conv_impl="auto" picks on CPUs: forward + backward 44 against
-    # 76 ms on the idle 2-core machine (2026-12-03), and 300–400-step demo runs went at 10.3
-    # against 7.6–8.0 it/s. One XLA:CPU device (both cores on each op) beat the batch split
-    # over two devices here: 10.3 against 8.6 it/s.
+    # im2col matmuls that train.conv_impl="auto" picks on CPUs: 300–400-step demo runs
+    # (--config.train.max_steps=300, README) went at 10.3 against 7.6–8.0 it/s on the idle
+    # 2-core machine (2026-12-03). One XLA:CPU device (both cores on each op) beat the batch
+    # split over two devices there: 10.3 against 8.6 it/s.
     c.train.conv_impl = "lax"
     c.train.cpu_devices = 0
     c.train.log_every = 100
