@@ -232,6 +232,7 @@ class _Run:
 
     def train(self) -> TrainState:
         c = self.c
+        started = time.monotonic()
         self.mesh = data_mesh(c.train.num_devices or None)
         check_global_batch(c.data.global_batch_size, self.mesh)
         self.source = make_source(c, self.print_fn)
@@ -272,9 +273,11 @@ class _Run:
         # can be checked for agreement from the logs.
         local = jax.device_get(_local_copy((state.g_params, state.d_params)))
         checksum = sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(local))
+        # The wall time of this start (set-up, compilation, steps, saves): what a user times.
+        minutes, seconds = divmod(round(time.monotonic() - started), 60)
         self.print_fn(
             f"process {jax.process_index()}/{jax.process_count()}: finished at step "
-            f"{int(state.step)}, parameter checksum {checksum:.10e}"
+            f"{int(state.step)} in {minutes}:{seconds:02d}, parameter checksum {checksum:.10e}"
         )
         return state
 

@@ -100,6 +100,9 @@ def test_two_step_training_writes_everything(tmp_path, arg):
     assert lines[2].startswith("step 1/2 | -- it/s | ETA -- | ")
     assert "loss/g " in lines[2] and "lr/g " in lines[2]
     assert lines[3].startswith("step 2/2 | ") and "it/s | ETA 0:00:00 | " in lines[3]
+    # The last line says how long the whole start took (minutes:seconds), checksum last.
+    done = r"process 0/1: finished at step 2 in \d+:[0-5]\d, parameter checksum -?\d\.\d+e[+-]\d+"
+    assert re.fullmatch(done, lines[-1]), lines[-1]
     for leaf in jax.tree.leaves(params_of(state)):
         assert np.all(np.isfinite(leaf))
 
