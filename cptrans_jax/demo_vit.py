@@ -56,11 +56,20 @@ CELLS = 4
 COLOUR_WEIGHT = 1.0
 
 
-def demo_vit_config() -> ViTConfig:
+def demo_vit_config(patch_size: int = 8) -> ViTConfig:
     """The demo's ViT (``configs/demo.py``): 6 blocks of width 64 on an 8×8 grid of 8-px
-    patches of the 64-px frames (no resize)."""
+    patches of the 64-px frames (no resize); ``patch_size`` another patch (and grid) for
+    experiments, trained with ``--config.model.vit.patch_size`` set to the same value."""
+    if patch_size < 1 or 64 % patch_size:
+        raise ValueError(f"patch_size must divide the 64-px frame, got {patch_size}")
     return ViTConfig(
-        image_size=64, patch_size=8, width=64, depth=6, num_heads=4, mlp_dim=128, local_window=3
+        image_size=64,
+        patch_size=patch_size,
+        width=64,
+        depth=6,
+        num_heads=4,
+        mlp_dim=128,
+        local_window=3,
     )
 
 
@@ -251,8 +260,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=COLOUR_WEIGHT,
         help="weight of the cells' mean-colour target (0: classes only)",
     )
+    p.add_argument(
+        "--patch_size",
+        type=int,
+        default=8,
+        help="ViT patch size in px (train with --config.model.vit.patch_size set to it)",
+    )
     args = p.parse_args(argv)
-    config = demo_vit_config()
+    if (
+        args.cells < 1
+        or args.patch_size < 1
+        or 64 % args.patch_size
+        or args.patch_size % args.cells
+    ):
+        p.error(
+            f"--patch_size must divide 64 and be a multiple of --cells ({args.cells}), "
+            f"got {args.patch_size}"
+        )
+    config = demo_vit_config(args.patch_size)
     if args.out:
         params = pretrain(
             config, steps=args.steps, cells=args.cells, colour_weight=args.colour_weight

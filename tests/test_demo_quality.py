@@ -275,3 +275,21 @@ def test_demo_config_loads_the_demo_vit_it_was_made_for():
     c = module.get_config()
     assert vit_config(c) == demo_vit_config()
     assert os.path.isfile(c.model.vit_weights) and c.model.vit_weights.endswith("demo_vit.npz")
+
+
+def test_demo_vit_patch_size_option(capsys):
+    from cptrans_jax import demo_vit
+
+    assert demo_vit.demo_vit_config() == demo_vit.demo_vit_config(8)
+    finer = demo_vit.demo_vit_config(4)
+    assert (finer.patch_size, finer.grid, finer.num_patches) == (4, 16, 256)
+    with pytest.raises(ValueError, match="patch_size must divide"):
+        demo_vit.demo_vit_config(6)
+    # 4-px patches hold the default 4 cells a side (1-px cells); 2-px patches cannot, and the
+    # command says so in one line before training anything.
+    with pytest.raises(SystemExit) as e:
+        demo_vit.main(["--patch_size", "2", "--check"])
+    assert e.value.code == 2
+    assert "--patch_size must divide 64 and be a multiple of --cells (4), got 2" in (
+        capsys.readouterr().err
+    )
