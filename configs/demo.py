@@ -2,7 +2,7 @@
 
     python -m cptrans_jax.train --config configs/demo.py --workdir runs/demo
 
-Trains CPTrans (CO + CTN) for 2,048 steps (about 4 minutes on an idle 2-core CPU) with a frozen
+Trains CPTrans (CO + CTN) for 2,048 steps (4 to 6½ minutes on an idle 2-core CPU) with a frozen
 6-block ViT loaded from ``configs/demo_vit.npz`` — the demo's stand-in for the ViT-B/16-384
 weights of the real runs, pretrained to tell background, road and objects apart on the demo's
 unpaired training scenes (``python -m cptrans_jax.demo_vit --out configs/demo_vit.npz`` remakes
@@ -49,13 +49,15 @@ def get_config(arg: str | None = None):
     c.objective.ctn_sigma = 2.0
     c.optim.g_lr = 2e-4  # tiny networks from scratch learn at the usual GAN rate
     c.optim.d_lr = 2e-4
-    c.optim.constant_epochs = 2  # 2,048 steps in all: about 4 min on an idle 2-core CPU
+    c.optim.constant_epochs = 2  # 2,048 steps in all: 3:44 / 6:19 on two idle 2-core CPUs
     c.optim.decay_epochs = 2
     # This G (ngf 16 at 64², batch 2) is faster with XLA:CPU's own convolutions than with the
     # im2col matmuls that train.conv_impl="auto" picks on CPUs: 300–400-step demo runs
     # (--config.train.max_steps=300, README) went at 10.3 against 7.6–8.0 it/s on the idle
     # 2-core machine (2026-12-03). One XLA:CPU device (both cores on each op) beat the batch
-    # split over two devices there: 10.3 against 8.6 it/s.
+    # split over two devices there: 10.3 against 8.6 it/s; on an AVX2-only one (2026-12-04)
+    # two devices were the faster, 7.5 against 6.8 it/s (README). Kept at one: the split
+    # changes the arithmetic, so every demo score reported would change with it.
     c.train.conv_impl = "lax"
     c.train.cpu_devices = 0
     c.train.log_every = 100
