@@ -2,7 +2,7 @@
 
     python -m cptrans_jax.train --config configs/demo.py --workdir runs/demo
 
-Trains CPTrans (CO + CTN) for 2,048 steps (4 to 6½ minutes on an idle 2-core CPU) with a frozen
+Trains CPTrans (CO + CTN) for 2,048 steps (4 to 5½ minutes on an idle 2-core CPU) with a frozen
 6-block ViT loaded from ``configs/demo_vit.npz`` — the demo's stand-in for the ViT-B/16-384
 weights of the real runs, pretrained to tell background, road and objects apart on the demo's
 unpaired training scenes (``python -m cptrans_jax.demo_vit --out configs/demo_vit.npz`` remakes
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None):
     c.objective.ctn_sigma = 2.0
     c.optim.g_lr = 2e-4  # tiny networks from scratch learn at the usual GAN rate
     c.optim.d_lr = 2e-4
-    c.optim.constant_epochs = 2  # 2,048 steps in all: 3:44 / 6:19 on two idle 2-core CPUs
+    c.optim.constant_epochs = 2  # 2,048 steps in all: 3:44 / 5:29 on two idle 2-core CPUs
     c.optim.decay_epochs = 2
     # This G (ngf 16 at 64², batch 2) is faster with XLA:CPU's own convolutions than with the
     # im2col matmuls that train.conv_impl="auto" picks on CPUs: 300–400-step demo runs
