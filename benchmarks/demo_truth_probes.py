@@ -16,7 +16,6 @@ against which a translation's score, and the demo's target, can be read. No netw
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import numpy as np
 
@@ -50,10 +49,10 @@ def probes(truth: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def scores(
-    frames: dict[str, np.ndarray], labels: np.ndarray, read: Callable = dq.read_labels
+    frames: dict[str, np.ndarray], labels: np.ndarray
 ) -> dict[str, tuple[float, dict[str, float | None]]]:
     """name → (layout mIoU, IoU per class) of each entry of ``frames`` against ``labels``."""
-    return {k: dq.layout_iou(read(v), labels) for k, v in frames.items()}
+    return {k: dq.layout_iou(dq.read_labels(v), labels) for k, v in frames.items()}
 
 
 def main() -> None:

@@ -267,17 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ViT patch size in px (train with --config.model.vit.patch_size set to it)",
     )
     args = p.parse_args(argv)
-    if (
-        args.cells < 1
-        or args.patch_size < 1
-        or 64 % args.patch_size
-        or args.patch_size % args.cells
-    ):
-        p.error(
-            f"--patch_size must divide 64 and be a multiple of --cells ({args.cells}), "
-            f"got {args.patch_size}"
-        )
-    config = demo_vit_config(args.patch_size)
+    try:  # one-line errors before any work: the patch must divide the frame, the cells it
+        config = demo_vit_config(args.patch_size)
+    except ValueError as e:
+        p.error(f"--{e}")
+    if args.cells < 1 or args.patch_size % args.cells:
+        p.error(f"--patch_size must be a multiple of --cells ({args.cells}), got {args.patch_size}")
     if args.out:
         params = pretrain(
             config, steps=args.steps, cells=args.cells, colour_weight=args.colour_weight

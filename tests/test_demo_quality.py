@@ -290,6 +290,8 @@ def test_demo_vit_patch_size_option(capsys):
     with pytest.raises(SystemExit) as e:
         demo_vit.main(["--patch_size", "2", "--check"])
     assert e.value.code == 2
-    assert "--patch_size must divide 64 and be a multiple of --cells (4), got 2" in (
-        capsys.readouterr().err
-    )
+    assert "--patch_size must be a multiple of --cells (4), got 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        demo_vit.main(["--patch_size", "6", "--check"])
+    assert e.value.code == 2
+    assert "--patch_size must divide the 64-px frame, got 6" in capsys.readouterr().err
